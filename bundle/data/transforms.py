@@ -1,0 +1,95 @@
+"""MONAI transforms for the bundle's image pipeline: load any supported file, then match channels.
+
+Everything else in the pipeline (intensity normalisation, resizing, augmentation, caching) is MONAI's own and
+is wired in the configs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, MapTransform, Transform
+
+from bundle.data.readers import MedicalImageReader
+
+# ITU-R BT.601 luma weights, as PIL's convert("L") uses: RGB photographs to one gray channel.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+class LoadMedicalImage(LoadImage):
+    """MONAI ``LoadImage`` fixed to ``MedicalImageReader``: channel-first float32 ``MetaTensor`` in [0, 1].
+
+    MONAI's ``LoadImage`` turns a constructor-given reader's exception into a generic ``RuntimeError`` that
+    lists every registered reader; passing the reader at call time keeps our ``ImageReadError`` (file + reason).
+    """
+
+    def __init__(self, frame: int | None = None, scale_16bit: str = "minmax", apply_voi: bool = True) -> None:
+        self.medical_reader = MedicalImageReader(frame=frame, scale_16bit=scale_16bit, apply_voi=apply_voi)
+        super().__init__(reader=self.medical_reader, image_only=True, dtype=torch.float32, ensure_channel_first=True)
+
+    def __call__(self, filename: Sequence[os.PathLike | str] | os.PathLike | str, reader: Any = None) -> MetaTensor:
+        return super().__call__(filename, reader=reader or self.medical_reader)
+
+
+class LoadMedicalImaged(MapTransform):
+    """Dictionary version of ``LoadMedicalImage`` (e.g. keys ``image`` and ``mask``)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        frame: int | None = None,
+        scale_16bit: str = "minmax",
+        apply_voi: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadMedicalImage(frame=frame, scale_16bit=scale_16bit, apply_voi=apply_voi)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+
+
+class MatchChannels(Transform):
+    """Give a channel-first image the number of channels the network expects.
+
+    Gray is replicated to 3 channels; RGB becomes gray with BT.601 luma weights; matching counts pass through.
+    """
+
+    def __init__(self, channels: int) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.channels = channels
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        have = img.shape[0]
+        if have == self.channels:
+            return img
+        if have == 1 and self.channels == 3:
+            return img.repeat(3, *([1] * (img.ndim - 1)))
+        if have == 3 and self.channels == 1:
+            weights = torch.as_tensor(LUMA_WEIGHTS, dtype=img.dtype, device=img.device).view(3, *([1] * (img.ndim - 1)))
+            return (img * weights).sum(dim=0, keepdim=True)
+        source = img.meta.get("filename_or_obj", "image") if isinstance(img, MetaTensor) else "image"
+        raise ValueError(f"{source}: cannot convert {have} channels to {self.channels}")
+
+
+class MatchChannelsd(MapTransform):
+    """Dictionary version of ``MatchChannels``."""
+
+    def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = MatchChannels(channels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
