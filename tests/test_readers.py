@@ -50,9 +50,18 @@ def test_every_pydicom_test_file_loads_or_raises_read_error():
         assert array.ndim == 2 or array.shape[-1] == 3, (path, array.shape)
         loaded.append(path.name)
     # all single-frame images in every transfer syntax the codec packages cover
-    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-                 "JPGExtended.dcm", "SC_rgb_jpeg_dcmtk.dcm", "SC_ybr_full_422_uncompressed.dcm",
-                 "examples_palette.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm"):
+    for name in (
+        "CT_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "JPGExtended.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "SC_ybr_full_422_uncompressed.dcm",
+        "examples_palette.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+    ):
         assert name in loaded, name
     for name in ("rtplan.dcm", "MR_truncated.dcm", "examples_ybr_color.dcm", "README.txt"):
         assert name in refused, name
@@ -92,8 +101,9 @@ def test_truncated_dicom_names_file_and_reason():
 
 
 # --- DICOM written by the test: LUTs, photometrics, compression ----------------------------------------------------
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", syntax=ExplicitVRLittleEndian,
-                **elements) -> Path:
+def write_dicom(
+    path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", syntax=ExplicitVRLittleEndian, **elements
+) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -125,8 +135,15 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
 
 def test_modality_lut_and_window_follow_the_dicom_formula(tmp_path):
     stored = np.array([[0, 100], [200, 300]], dtype=np.uint16)
-    path = write_dicom(tmp_path / "w.dcm", stored, BitsStored=12, RescaleSlope=2, RescaleIntercept=-100,
-                       WindowCenter=200, WindowWidth=401)
+    path = write_dicom(
+        tmp_path / "w.dcm",
+        stored,
+        BitsStored=12,
+        RescaleSlope=2,
+        RescaleIntercept=-100,
+        WindowCenter=200,
+        WindowWidth=401,
+    )
     # modality values -100, 100, 300, 500; LINEAR window: (x - (c - 0.5)) / (w - 1) + 0.5, clipped to [0, 1]
     expected = np.clip((np.array([[-100, 100], [300, 500]]) - 199.5) / 400 + 0.5, 0, 1)
     np.testing.assert_allclose(read(path), expected, atol=1e-6)
@@ -166,7 +183,7 @@ def test_unsupported_transfer_syntax_is_named(tmp_path):
 def test_dicom_without_preamble_or_suffix_is_detected(tmp_path):
     path = write_dicom(tmp_path / "plain.dcm", np.arange(16, dtype=np.uint8).reshape(4, 4))
     bare = tmp_path / "IM0001"
-    bare.write_bytes(path.read_bytes()[128 + 4:])  # strip preamble and 'DICM', as old exports do
+    bare.write_bytes(path.read_bytes()[128 + 4 :])  # strip preamble and 'DICM', as old exports do
     assert sniff_format(bare) == "dicom"
     np.testing.assert_allclose(read(bare), read(path), atol=1e-6)
 

@@ -138,7 +138,9 @@ class MedicalImageReader(ImageReader):
         suffixes = NATURAL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES
         return all(str(f).lower().endswith(suffixes) or "." not in Path(f).name for f in ensure_tuple(filename))
 
-    def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs: Any) -> list[tuple[np.ndarray, dict]]:
+    def read(
+        self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs: Any
+    ) -> list[tuple[np.ndarray, dict]]:
         """Decode each file now (so that errors surface here, naming the file) and keep (array, meta) pairs."""
         return [self.read_file(f) for f in ensure_tuple(data)]
 

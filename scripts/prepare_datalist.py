@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Build a MONAI JSON datalist from a data set in its published layout (see docs/DATA.md).
+
+Example::
+
+    python scripts/prepare_datalist.py --format aptos2019 --root data/aptos2019 --out data/aptos2019/datalist.json \
+        --n-labeled 500 --seed 0
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `bundle` is not pip-installed
+
+import argparse  # noqa: E402
+import inspect  # noqa: E402
+import logging  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bundle.data.converters import CONVERTERS  # noqa: E402
+from bundle.data.datalist import SPLIT_KEYS, save_datalist  # noqa: E402
+from bundle.data.splits import select_labeled  # noqa: E402
+
+# command-line option -> converter keyword; an option a format's converter does not take is an error
+FORMAT_OPTIONS = {
+    "val_fraction": "--val-fraction",
+    "test_fraction": "--test-fraction",
+    "uncertain": "--uncertain",
+    "blank": "--blank",
+    "classes": "--classes",
+    "frontal_only": "--all-views",
+    "labels_csv": "--labels-csv",
+    "npz": "--npz",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--format", required=True, choices=sorted(CONVERTERS), help="data set format")
+    p.add_argument("--root", required=True, type=Path, help="data set folder (medmnist: the .npz file or its folder)")
+    p.add_argument("--out", required=True, type=Path, help="datalist JSON to write; written files go next to it")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--n-labeled", type=int, help="keep N labelled training items, move the rest to 'unlabeled'")
+    group.add_argument("--labeled-fraction", type=float, help="keep this fraction of training items labelled")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and of the labelled subset (default 0)")
+    p.add_argument("--val-fraction", type=float, help="validation fraction (default 0.1)")
+    p.add_argument("--test-fraction", type=float, help="test fraction where no official test set exists (default 0.2)")
+    p.add_argument("--uncertain", choices=["ones", "zeros", "ignore"], help="chexpert: -1 -> 1, 0 or -1 (default ones)")
+    p.add_argument("--blank", choices=["zeros", "ignore"], help="chexpert: blank -> 0 or -1 (default zeros)")
+    p.add_argument("--classes", help="comma-separated class names (chexpert, chestxray14, medmnist, dicom_folder)")
+    p.add_argument("--all-views", action="store_true", help="chexpert: keep lateral views too (default frontal only)")
+    p.add_argument("--labels-csv", type=Path, help="dicom_folder: labels CSV (key column 'file' or 'SOPInstanceUID')")
+    p.add_argument("--npz", help="medmnist: the .npz file name inside --root")
+    return p.parse_args(argv)
+
+
+def converter_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for the chosen converter from the options given; ValueError for one it does not take."""
+    converter = CONVERTERS[args.format]
+    accepted = inspect.signature(converter).parameters
+    given: dict[str, Any] = {
+        "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction,
+        "uncertain": args.uncertain,
+        "blank": args.blank,
+        "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        "frontal_only": False if args.all_views else None,
+        "labels_csv": args.labels_csv,
+        "npz": args.npz,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    wrong = [FORMAT_OPTIONS[k] for k in given if k not in accepted]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} does not apply to --format {args.format}")
+    if "seed" in accepted:
+        given["seed"] = args.seed
+    return given
+
+
+def summary(datalist: dict[str, Any]) -> str:
+    """Items per split and per class (multi-label: positives, with unknown -1 counted on extra rows) as a table."""
+    classes = datalist["classes"]
+    multilabel = datalist["task"] == "multilabel"
+    width = max([6] + [len(c) for c in classes])
+
+    def row(name: str, n_items: Any, cells: list[Any]) -> str:
+        return f"{name:<16}{n_items:>8}  " + "  ".join(f"{c:>{width}}" for c in cells)
+
+    lines = [row("split", "items", classes)]
+    unknown_lines = []
+    for key in SPLIT_KEYS:
+        items = datalist.get(key, [])
+        if key == "unlabeled":
+            if items:
+                lines.append(row(key, len(items), ["-"] * len(classes)))
+            continue
+        counts = [0] * len(classes)
+        unknown = [0] * len(classes)
+        for item in items:
+            if multilabel:
+                for j, v in enumerate(item["label"]):
+                    counts[j] += v == 1
+                    unknown[j] += v == -1
+            else:
+                counts[item["label"]] += 1
+        lines.append(row(key, len(items), counts))
+        if any(unknown):
+            unknown_lines.append(row(f"{key} (-1)", "", unknown))
+    if "localization" in datalist:
+        lines.append(f"{'localization':<16}{len(datalist['localization']):>8}  images with lesion masks, no labels")
+    return "\n".join(lines + unknown_lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert, optionally keep a labelled subset, write the datalist and print what was written."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    out = args.out
+    try:
+        if out.suffix.lower() != ".json":
+            raise ValueError(f"--out must be a .json file, got {out}")
+        options = converter_options(args)
+        datalist = CONVERTERS[args.format](args.root, out.parent, **options)
+        if args.n_labeled is not None or args.labeled_fraction is not None:
+            datalist = select_labeled(datalist, args.n_labeled, args.labeled_fraction, seed=args.seed)
+        path = save_datalist(out, datalist)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"prepare_datalist.py: error: {e}")
+    task = f"{datalist['task']}, {len(datalist['classes'])} classes"
+    print(f"wrote {path} ({args.format}: {datalist['name']}, {task}, seed {args.seed})")
+    print(summary(datalist))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
