@@ -1,0 +1,1 @@
+"""Ignite/MONAI engines and the metrics they report."""

@@ -1,0 +1,3 @@
+from bundle.losses.classification import ClassificationLoss
+
+__all__ = ["ClassificationLoss"]
