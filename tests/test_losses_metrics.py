@@ -1,0 +1,53 @@
+"""Supervised loss and ROC AUC, checked against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.engines.metrics import ROCAUCKnownLabelsMetric
+from bundle.losses import ClassificationLoss
+
+
+def test_multiclass_loss_is_cross_entropy_of_the_label_index():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    label = torch.tensor([[0], [2]])  # (B, 1) as collated from int labels with a channel
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 2)) + math.log(3)) / 2
+    assert ClassificationLoss("multiclass")(logits, label).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_multilabel_loss_ignores_unknown_labels():
+    logits = torch.tensor([[0.0, 3.0], [-1.0, 100.0]])
+    label = torch.tensor([[1, -1], [0, -1]])  # second finding unknown everywhere: its huge logit must not count
+    expected = (math.log(2) + math.log(1 + math.exp(-1))) / 2
+    assert ClassificationLoss("multilabel")(logits, label).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="task must be one of"):
+        ClassificationLoss("regression")
+
+
+def auc(pred, y, average="macro"):
+    metric = ROCAUCKnownLabelsMetric(average=average)
+    metric(torch.tensor(pred, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
+    return metric.aggregate()
+
+
+def test_auc_without_unknowns_is_monai_auc():
+    pred = [[0.9, 0.2], [0.4, 0.8], [0.6, 0.1], [0.1, 0.7]]
+    y = [[1, 0], [0, 1], [1, 0], [0, 1]]
+    assert auc(pred, y) == pytest.approx(1.0)
+    y_swapped = [[1, 0], [0, 1], [0, 1], [1, 0]]  # class 0: pos scores 0.9, 0.1 vs neg 0.4, 0.6 -> 2 of 4 pairs
+    assert auc(pred, y_swapped, average="none")[0] == pytest.approx(0.5)
+
+
+def test_auc_leaves_unknown_labels_out_per_class():
+    pred = [[0.9, 0.9], [0.1, 0.8], [0.5, 0.1], [0.7, 0.2]]
+    y = [[1, -1], [0, 1], [-1, 0], [0, 1]]
+    # class 0 over rows 0, 1, 3: positive 0.9 beats negatives 0.1 and 0.7 -> 1.0
+    # class 1 over rows 1, 2, 3: positives 0.8, 0.2 vs negative 0.1 -> 1.0; row 0's 0.9 must not count
+    per_class = auc(pred, y, average="none")
+    np.testing.assert_allclose(per_class, [1.0, 1.0])
+    y[1][1], y[3][1] = -1, 0  # class 1 left with negatives only: undefined, excluded from the macro mean
+    assert math.isnan(auc(pred, y, average="none")[1]) and auc(pred, y) == pytest.approx(1.0)
