@@ -12,8 +12,9 @@ TASKS = ("multiclass", "multilabel")
 class ClassificationLoss(nn.Module):
     """Cross-entropy for ``multiclass`` (labels: class index), masked BCE for ``multilabel`` (labels: 0/1/-1).
 
-    In multi-label targets -1 marks an unknown finding (CheXpert's ``ignore`` policy); those entries add nothing
-    to the loss and the mean runs over the known entries only.
+    -1 marks an unknown label: an unlabelled image (multi-class) or an unknown finding (CheXpert's ``ignore``
+    policy). Unknown entries add nothing to the loss and the mean runs over the known entries only; a batch with
+    no known label gives a zero loss that still has a gradient graph.
     """
 
     def __init__(self, task: str, label_smoothing: float = 0.0) -> None:
@@ -28,7 +29,9 @@ class ClassificationLoss(nn.Module):
             target = label.reshape(-1).long()
             if target.shape[0] != logits.shape[0]:
                 raise ValueError(f"multiclass labels must be one index per image, got shape {tuple(label.shape)}")
-            return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+            if not bool((target >= 0).any()):
+                return logits.sum() * 0.0
+            return F.cross_entropy(logits, target, ignore_index=-1, label_smoothing=self.label_smoothing)
         target = label.reshape(logits.shape).to(logits.dtype)
         known = target >= 0
         losses = F.binary_cross_entropy_with_logits(logits, target.clamp(min=0), reduction="none")

@@ -1,0 +1,115 @@
+"""MED-TEX training on MONAI's SupervisedTrainer: one iteration = teacher pass, explainer+student pass, loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+
+from bundle.losses.medtex import MedTexLoss
+from bundle.networks.features import FeatureRecorder
+from bundle.networks.medtex import MedTex
+from bundle.networks.teacher import FrozenTeacher
+
+MASK = "mask"
+LOSS_TERMS = ("ce", "kd", "vid", "mask")
+
+
+class MedTexTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` whose iteration distils a frozen teacher into ``network`` (a ``MedTex`` module).
+
+    Per iteration: the teacher runs once under ``torch.inference_mode`` for logits and the configured features;
+    the explainer masks the image and the student classifies the masked image; ``MedTexLoss`` combines the terms.
+    ``engine.state.output`` holds ``image``, ``label``, ``pred`` (student logits), ``mask``, ``loss`` (the total,
+    as MONAI's handlers expect) and ``loss_ce``, ``loss_kd``, ``loss_vid``, ``loss_mask``.
+    Everything else (AMP, handlers, metrics, events) is MONAI's; only the iteration body is replaced, because
+    ``SupervisedTrainer`` computes ``loss_function(pred, label)`` and the MED-TEX loss needs more than that.
+
+    Args:
+        teacher: the frozen teacher; ``None`` is allowed only when the loss does not need it (KD and VID off).
+        student_feature_layers: student layers (names in ``network.student``) paired with the teacher's
+            ``feature_layers`` for VID, in the same order.
+        other arguments: as ``monai.engines.SupervisedTrainer``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Any,
+        network: MedTex,
+        optimizer: torch.optim.Optimizer,
+        loss_function: MedTexLoss,
+        teacher: FrozenTeacher | None = None,
+        student_feature_layers: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            **kwargs,
+        )
+        if loss_function.needs_teacher and teacher is None:
+            raise ValueError("the loss has KD or VID weights > 0 but no teacher was given")
+        self.teacher = teacher.to(device) if teacher is not None and loss_function.needs_teacher else None
+        use_vid = loss_function.weights["vid"] > 0
+        if use_vid and self.teacher is not None and self.teacher.recorder is None:
+            raise ValueError("vid_weight > 0 needs teacher feature_layers")
+        self.student_features = (
+            FeatureRecorder(network.student, student_feature_layers) if use_vid and student_feature_layers else None
+        )
+        if use_vid and self.student_features is None:
+            raise ValueError("vid_weight > 0 needs student_feature_layers")
+
+    def _iteration(self, engine: MedTexTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+
+        teacher_logits, teacher_features = None, []
+        if engine.teacher is not None:
+            with torch.inference_mode():
+                teacher_logits, teacher_features = engine.teacher(inputs)
+            # inference tensors cannot be saved for backward; clones made outside inference mode can
+            teacher_logits = teacher_logits.clone()
+            teacher_features = [f.clone() for f in teacher_features]
+
+        def compute_loss() -> dict[str, torch.Tensor]:
+            logits, mask = engine.network.explain(inputs)
+            engine.state.output[Keys.PRED] = logits
+            engine.state.output[MASK] = mask
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            student_features = engine.student_features.features if engine.student_features is not None else []
+            terms = engine.loss_function(logits, targets, teacher_logits, mask, student_features, teacher_features)
+            engine.state.output[Keys.LOSS] = terms["loss"]
+            for name in LOSS_TERMS:
+                engine.state.output[f"loss_{name}"] = terms[name].detach()
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            return terms
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine.amp and engine.scaler is not None:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                terms = compute_loss()
+            engine.scaler.scale(terms["loss"]).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            terms = compute_loss()
+            terms["loss"].backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

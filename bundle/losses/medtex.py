@@ -1,0 +1,78 @@
+"""The MED-TEX objective: weighted sum of supervised, distillation, feature and mask terms (DESIGN.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+from torch import nn
+
+from bundle.losses.classification import ClassificationLoss
+from bundle.losses.distillation import KDLoss, MaskPrior, VIDLoss
+
+
+class MedTexLoss(nn.Module):
+    """``a_ce CE(S(x'), y) + a_kd tau^2 KL(T(x) || S(x')) + a_vid sum_l VID(t_l, s_l) + a_m R(M)``.
+
+    Every term has a weight; a zero weight skips the term (and, for KD and VID together, the teacher's forward
+    pass). CE counts labelled images only (-1 labels are unknown), so unlabelled images train through KD and VID.
+
+    Args:
+        task: ``multiclass`` or ``multilabel``.
+        ce_weight, kd_weight, vid_weight, mask_weight: the weights a_ce, a_kd, a_vid, a_m.
+        temperature: KD temperature tau.
+        vid: the VID module (regressors and variances) when ``vid_weight > 0``.
+        mask_prior: the mask prior R when ``mask_weight > 0``.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        ce_weight: float = 1.0,
+        kd_weight: float = 1.0,
+        vid_weight: float = 0.0,
+        mask_weight: float = 0.0,
+        temperature: float = 4.0,
+        vid: Optional[VIDLoss] = None,
+        mask_prior: Optional[MaskPrior] = None,
+    ) -> None:
+        super().__init__()
+        if vid_weight > 0 and vid is None:
+            raise ValueError("vid_weight > 0 needs a VIDLoss ('vid')")
+        if mask_weight > 0 and mask_prior is None:
+            raise ValueError("mask_weight > 0 needs a MaskPrior ('mask_prior')")
+        self.weights = {"ce": ce_weight, "kd": kd_weight, "vid": vid_weight, "mask": mask_weight}
+        self.ce = ClassificationLoss(task)
+        self.kd = KDLoss(task, temperature)
+        self.vid = vid
+        self.mask_prior = mask_prior
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.weights["kd"] > 0 or self.weights["vid"] > 0
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        label: Optional[torch.Tensor] = None,
+        teacher_logits: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        student_features: Sequence[torch.Tensor] = (),
+        teacher_features: Sequence[torch.Tensor] = (),
+    ) -> dict[str, torch.Tensor]:
+        """Return ``{"loss": total, "ce": ..., "kd": ..., "vid": ..., "mask": ...}`` (unweighted terms)."""
+        zero = student_logits.sum() * 0.0
+        terms = {name: zero for name in self.weights}
+        if self.weights["ce"] > 0 and label is not None:
+            terms["ce"] = self.ce(student_logits, label)
+        if self.weights["kd"] > 0:
+            if teacher_logits is None:
+                raise ValueError("kd_weight > 0 but no teacher logits were given")
+            terms["kd"] = self.kd(student_logits, teacher_logits)
+        if self.weights["vid"] > 0 and self.vid is not None:
+            terms["vid"] = self.vid(student_features, teacher_features)
+        if self.weights["mask"] > 0 and self.mask_prior is not None and mask is not None:
+            terms["mask"] = self.mask_prior(mask)
+        terms["loss"] = sum(self.weights[name] * terms[name] for name in self.weights)
+        return terms

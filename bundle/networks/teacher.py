@@ -1,0 +1,97 @@
+"""The frozen teacher: weights from a state dict, a MONAI bundle checkpoint or TorchScript; logits + features."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from bundle.networks.features import FeatureRecorder
+
+TEACHER_COMMAND = "python -m monai.bundle run training --config_file configs/train_teacher.yaml --dataset_dir DIR"
+# keys under which MONAI's CheckpointSaver (several objects) and other trainers store the network's weights
+_WEIGHT_KEYS = ("model", "network", "state_dict", "model_state_dict", "net")
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """TorchScript archives carry a ``code/`` folder; ``torch.save`` archives do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict saved directly or inside a checkpoint dict, with ``weights_only=True`` (no code runs)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        for key in _WEIGHT_KEYS:
+            if key in state and isinstance(state[key], dict):
+                return state[key]
+        raise ValueError(f"{path}: a checkpoint dict without network weights under any of {_WEIGHT_KEYS}")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+class FrozenTeacher(nn.Module):
+    """A pretrained classifier with frozen weights, always in eval mode, returning logits and named features.
+
+    Args:
+        checkpoint: a state dict file, a MONAI bundle checkpoint (weights under ``model`` or ``network``) or a
+            TorchScript file.
+        network: the architecture for state dicts and checkpoints (ignored for TorchScript).
+        feature_layers: names of layers (from ``named_modules()``) whose outputs feed VID; recorded by forward
+            hooks during the same forward pass that gives the logits.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike,
+        network: Optional[nn.Module] = None,
+        feature_layers: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"teacher checkpoint not found: {path} (config value 'teacher_ckpt'). Train one with\n  "
+                f"{TEACHER_COMMAND} --ckpt_dir {path.parent}\nor point --teacher_ckpt at a pretrained teacher."
+            )
+        if is_torchscript(path):
+            self.network: nn.Module = torch.jit.load(str(path), map_location="cpu")
+        else:
+            if network is None:
+                raise ValueError(f"{path}: a state dict needs the teacher's architecture ('network') to load into")
+            try:
+                network.load_state_dict(load_weights(path))
+            except RuntimeError as e:
+                raise ValueError(f"{path}: weights do not fit the configured teacher network: {e}") from e
+            self.network = network
+        for parameter in self.network.parameters():
+            parameter.requires_grad_(False)
+        self.network.eval()
+        self.recorder = FeatureRecorder(self.network, feature_layers) if feature_layers else None
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        """Stay in eval mode: batch-norm statistics and dropout of a frozen teacher never change."""
+        return super().train(False)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits ``(B, num_classes)`` and the configured layers' outputs, from one forward pass."""
+        logits = self.network(image)
+        features = self.recorder.features if self.recorder is not None else []
+        return logits, features
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
+
+
+def count_parameters(module: Any) -> int:
+    """Number of parameters of a module (all of them, trainable or not)."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,159 @@
+"""MED-TEX networks and losses, checked against values computed by hand on small tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from monai.networks.nets import DenseNet121
+from torch import nn
+
+from bundle.losses import KDLoss, MaskPrior, MedTexLoss, VIDLoss
+from bundle.networks import Explainer, FeatureRecorder, FrozenTeacher, MedTex, Student
+from bundle.networks.teacher import count_parameters
+
+
+# --- losses -------------------------------------------------------------------------------------------------------
+def test_kd_multiclass_matches_hand_computed_kl():
+    student, teacher = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3), 0.0]])
+    expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL([.75,.25] || [.5,.5])
+    assert KDLoss("multiclass", temperature=1)(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+    p = math.sqrt(3) / (math.sqrt(3) + 1)  # softmax([ln3 / 2, 0])
+    expected_t2 = 4 * (p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5))
+    assert KDLoss("multiclass", temperature=2)(student, teacher).item() == pytest.approx(expected_t2, rel=1e-5)
+
+
+def test_kd_multilabel_is_mean_binary_kl_per_class():
+    student, teacher = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3), 0.0]])
+    per_class = [0.75 * math.log(1.5) + 0.25 * math.log(0.5), 0.0]  # sigmoid(ln3) = 0.75 vs 0.5; equal
+    assert KDLoss("multilabel", temperature=1)(student, teacher).item() == pytest.approx(sum(per_class) / 2, rel=1e-5)
+    assert KDLoss("multilabel")(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def _identity_vid(channels: int) -> VIDLoss:
+    vid = VIDLoss([channels], [channels], init_variance=2.0)
+    for layer in vid.regressors[0]:
+        if isinstance(layer, nn.Conv2d):
+            nn.init.eye_(layer.weight.view(channels, channels))
+            nn.init.zeros_(layer.bias)
+    return vid
+
+
+def test_vid_is_gaussian_nll_with_learned_variance():
+    vid = _identity_vid(1)
+    s, t = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 3.0)
+    assert vid.variances()[0].item() == pytest.approx(2.0, rel=1e-5)
+    assert vid([s], [t]).item() == pytest.approx(0.5 * ((1 - 3) ** 2 / 2 + math.log(2)), rel=1e-5)
+
+
+def test_vid_pools_the_larger_map_to_the_smaller():
+    vid = _identity_vid(1)
+    s = torch.tensor([[1.0, 3.0, 0.0, 0.0], [1.0, 3.0, 0.0, 0.0], [0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.0]])
+    t = torch.tensor([[2.0, 0.0], [0.0, 4.0]])  # equal to s average-pooled 2x2: only the log-variance term is left
+    loss = vid([s.view(1, 1, 4, 4)], [t.view(1, 1, 2, 2)])
+    assert loss.item() == pytest.approx(0.5 * math.log(2), rel=1e-5)
+    with pytest.raises(ValueError, match="one teacher layer per student layer"):
+        VIDLoss([8, 16], [32])
+
+
+def test_mask_prior_sparsity_bernoulli_and_total_variation():
+    mask = torch.tensor([[0.0, 1.0], [1.0, 1.0]]).view(1, 1, 2, 2)
+    # mean 0.75; TV: vertical |1-0|, |1-1| -> 0.5, horizontal |1-0|, |1-1| -> 0.5
+    assert MaskPrior("sparsity", tv_weight=0.1)(mask).item() == pytest.approx(0.75 + 0.1 * 1.0, rel=1e-6)
+    half = torch.full((1, 1, 2, 2), 0.5)
+    expected = 0.5 * math.log(0.5 / 0.1) + 0.5 * math.log(0.5 / 0.9)
+    assert MaskPrior("bernoulli_kl", rate=0.1, tv_weight=1.0)(half).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_medtex_loss_weights_terms_and_ignores_unlabelled_images():
+    loss = MedTexLoss(
+        "multiclass",
+        ce_weight=2.0,
+        kd_weight=0.5,
+        mask_weight=3.0,
+        temperature=1,
+        mask_prior=MaskPrior("sparsity", tv_weight=0.0),
+    )
+    student, teacher = torch.tensor([[0.0, 0.0], [5.0, -5.0]]), torch.tensor([[math.log(3), 0.0], [5.0, -5.0]])
+    label = torch.tensor([1, -1])  # the second image is unlabelled: no CE, but KD
+    mask = torch.full((2, 1, 2, 2), 0.25)
+    terms = loss(student, label, teacher, mask)
+    kd = (0.75 * math.log(1.5) + 0.25 * math.log(0.5) + 0.0) / 2
+    assert terms["ce"].item() == pytest.approx(math.log(2), rel=1e-5)
+    assert terms["kd"].item() == pytest.approx(kd, rel=1e-4)
+    assert terms["loss"].item() == pytest.approx(2 * math.log(2) + 0.5 * kd + 3 * 0.25, rel=1e-4)
+    assert loss.needs_teacher and not MedTexLoss("multiclass", kd_weight=0.0).needs_teacher
+
+
+# --- networks -----------------------------------------------------------------------------------------------------
+def test_medtex_masks_the_image_and_gradients_reach_the_explainer():
+    torch.manual_seed(0)
+    model = MedTex(
+        Student(in_channels=3, out_channels=5, init_features=8, growth_rate=4, block_config=(1, 1)),
+        Explainer(in_channels=3, channels=(4, 8), strides=(2,), features=4),
+    )
+    image = torch.randn(2, 3, 32, 32)
+    logits, mask = model.explain(image)
+    assert logits.shape == (2, 5) and mask.shape == (2, 1, 32, 32) and 0 <= mask.min() and mask.max() <= 1
+    torch.testing.assert_close(model(image), logits)
+    torch.testing.assert_close(model.apply_mask(image, mask), mask * image)
+    nn.functional.cross_entropy(logits, torch.tensor([0, 3])).backward()
+    explainer_grads = [p.grad for p in model.explainer.parameters()]
+    assert all(g is not None for g in explainer_grads)
+    assert sum(g.abs().sum().item() for g in explainer_grads) > 0  # the mask learns from the student's loss
+    assert model.explainer.body.model[0].conv.unit0.conv.weight.grad.abs().sum() > 0  # down to the first layer
+
+
+def test_medtex_without_explainer_and_blur_baseline_and_torchscript():
+    student = Student(in_channels=1, out_channels=2, init_features=8, growth_rate=4, block_config=(1, 1))
+    image = torch.rand(1, 1, 32, 32)
+    plain = MedTex(student).eval()
+    torch.testing.assert_close(plain(image), student.eval()(image))  # no explainer: the student sees x itself
+    blurred = MedTex(student, Explainer(in_channels=1, channels=(4, 8), strides=(2,)), baseline="blur").eval()
+    zero_mask = torch.zeros(1, 1, 32, 32)
+    constant = torch.full((1, 1, 32, 32), 0.3)
+    torch.testing.assert_close(blurred.apply_mask(constant, zero_mask), constant)  # the blur of a constant
+    scripted = torch.jit.script(blurred)
+    torch.testing.assert_close(scripted.explain(image)[1], blurred.explain(image)[1])
+
+
+def test_default_student_and_explainer_are_under_a_tenth_of_densenet121():
+    teacher = DenseNet121(spatial_dims=2, in_channels=3, out_channels=5)
+    deployed = MedTex(Student(3, 5), Explainer(3))
+    assert count_parameters(deployed) < count_parameters(teacher) / 10
+
+
+def test_teacher_loads_state_dict_bundle_checkpoint_and_torchscript(tmp_path):
+    torch.manual_seed(0)
+    net = Student(in_channels=1, out_channels=3, init_features=8, growth_rate=4, block_config=(1, 1)).eval()
+    image = torch.rand(2, 1, 32, 32)
+    expected = net(image)
+    torch.save(net.state_dict(), tmp_path / "state.pt")
+    torch.save({"model": net.state_dict(), "optimizer": {"state": {}}}, tmp_path / "bundle.pt")
+    torch.jit.script(net).save(str(tmp_path / "scripted.ts"))
+    layers = ["features.denseblock1", "features.denseblock2"]
+    for name in ("state.pt", "bundle.pt"):
+        fresh = Student(in_channels=1, out_channels=3, init_features=8, growth_rate=4, block_config=(1, 1))
+        teacher = FrozenTeacher(tmp_path / name, fresh, feature_layers=layers)
+        teacher.train()  # stays in eval mode
+        logits, features = teacher(image)
+        torch.testing.assert_close(logits, expected)
+        assert [f.shape[-1] for f in features] == [8, 4] and not teacher.network.training
+        assert not any(p.requires_grad for p in teacher.parameters())
+    logits, features = FrozenTeacher(tmp_path / "scripted.ts")(image)
+    torch.testing.assert_close(logits, expected)
+    assert features == []
+
+
+def test_missing_teacher_checkpoint_names_the_config_value_and_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="teacher_ckpt.*\n.*configs/train_teacher.yaml"):
+        FrozenTeacher(tmp_path / "nope.pt", nn.Linear(1, 1))
+    torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="do not fit the configured teacher"):
+        FrozenTeacher(tmp_path / "other.pt", nn.Linear(3, 3))
+
+
+def test_feature_recorder_names_unknown_layers():
+    with pytest.raises(ValueError, match=r"layers \['features.nope'\] not found"):
+        FeatureRecorder(Student(3, 2), ["features.nope"])
