@@ -93,3 +93,21 @@ class MatchChannelsd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
         return d
+
+
+class FillMissingLabeld(MapTransform):
+    """Give unlabelled items (e.g. the datalist's ``unlabeled`` list) an all-unknown label so they batch with
+    labelled ones: ``-1`` for ``multiclass``, a list of ``-1`` for ``multilabel``. Losses and metrics skip -1."""
+
+    def __init__(self, keys: KeysCollection, task: str, num_classes: int) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        if task not in ("multiclass", "multilabel"):
+            raise ValueError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
+        self.unknown = -1 if task == "multiclass" else [-1] * num_classes
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.keys:
+            if d.get(key) is None:
+                d[key] = self.unknown
+        return d

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler
-from monai.metrics import ROCAUCMetric, compute_roc_auc
+from monai.metrics import CumulativeIterationMetric, ROCAUCMetric, compute_roc_auc
 from monai.utils import Average
+from sklearn.metrics import cohen_kappa_score
 
 
 class ROCAUCKnownLabelsMetric(ROCAUCMetric):
@@ -48,3 +50,67 @@ class ROCAUCKnownLabels(IgniteMetricHandler):
             output_transform=output_transform,
             save_details=False,
         )
+
+
+class PerClassROCAUC(ROCAUCKnownLabels):
+    """ROC AUC of each class, stored as ``<name>_<class>`` scalars so that ``MetricsSaver`` writes one row each."""
+
+    def __init__(self, class_names: Sequence[str], output_transform: Callable = lambda x: x) -> None:
+        super().__init__(average=Average.NONE, output_transform=output_transform)
+        self.class_names = [str(c) for c in class_names]
+
+    def completed(self, engine: Any, name: str) -> None:
+        values = np.atleast_1d(np.asarray(self.metric_fn.aggregate(), dtype=np.float64))  # compute() keeps only [0]
+        if len(values) != len(self.class_names):
+            raise ValueError(f"{len(values)} per-class AUC values for {len(self.class_names)} class names")
+        for class_name, value in zip(self.class_names, values):
+            engine.state.metrics[f"{name}_{class_name.replace(' ', '_')}"] = float(value)
+
+
+class _BufferedMetric(CumulativeIterationMetric):
+    """Keeps every batch's (probabilities, targets) for metrics computed over the whole set at the end."""
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return y_pred, y
+
+    def _stacked(self) -> tuple[np.ndarray, np.ndarray]:
+        y_pred, y = self.get_buffer()
+        return y_pred.detach().cpu().numpy(), y.detach().cpu().numpy()
+
+
+class AccuracyMetric(_BufferedMetric):
+    """Multi-class: the most probable class is the label's (one-hot) class. Multi-label: each known finding's
+    0.5-thresholded probability equals its label (-1 labels left out)."""
+
+    def __init__(self, multilabel: bool = False) -> None:
+        super().__init__()
+        self.multilabel = multilabel
+
+    def aggregate(self) -> float:
+        y_pred, y = self._stacked()
+        if not self.multilabel:
+            return float((y_pred.argmax(axis=1) == y.argmax(axis=1)).mean())
+        known = y >= 0
+        return float(((y_pred >= 0.5) == (y == 1))[known].mean()) if known.any() else float("nan")
+
+
+class QuadraticKappaMetric(_BufferedMetric):
+    """Quadratic-weighted Cohen's kappa between the label's grade and the most probable grade (ordinal tasks)."""
+
+    def aggregate(self) -> float:
+        y_pred, y = self._stacked()
+        return float(cohen_kappa_score(y.argmax(axis=1), y_pred.argmax(axis=1), weights="quadratic"))
+
+
+class Accuracy(IgniteMetricHandler):
+    """Ignite handler for ``AccuracyMetric``."""
+
+    def __init__(self, multilabel: bool = False, output_transform: Callable = lambda x: x) -> None:
+        super().__init__(metric_fn=AccuracyMetric(multilabel), output_transform=output_transform, save_details=False)
+
+
+class QuadraticKappa(IgniteMetricHandler):
+    """Ignite handler for ``QuadraticKappaMetric``."""
+
+    def __init__(self, output_transform: Callable = lambda x: x) -> None:
+        super().__init__(metric_fn=QuadraticKappaMetric(), output_transform=output_transform, save_details=False)

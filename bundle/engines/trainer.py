@@ -113,3 +113,10 @@ class MedTexTrainer(SupervisedTrainer):
             engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+
+def loss_terms(output: Any) -> dict[str, float]:
+    """The total loss and each term from a (decollated) MED-TEX trainer output, for Stats/TensorBoard handlers."""
+    first = output[0] if isinstance(output, (list, tuple)) else output
+    keys = (Keys.LOSS,) + tuple(f"loss_{name}" for name in LOSS_TERMS)
+    return {key: float(first[key]) for key in keys if key in first}

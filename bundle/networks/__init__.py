@@ -1,9 +1,9 @@
 """Networks: the explainer, the student, the deployable MED-TEX module and the frozen teacher."""
 
 from bundle.networks.explainer import Explainer
-from bundle.networks.features import FeatureRecorder
+from bundle.networks.features import FeatureRecorder, feature_channels
 from bundle.networks.medtex import MedTex
 from bundle.networks.student import Student
 from bundle.networks.teacher import FrozenTeacher, load_weights
 
-__all__ = ["Explainer", "FeatureRecorder", "FrozenTeacher", "MedTex", "Student", "load_weights"]
+__all__ = ["Explainer", "FeatureRecorder", "feature_channels", "FrozenTeacher", "MedTex", "Student", "load_weights"]

@@ -46,3 +46,17 @@ class FeatureRecorder:
             handle.remove()
         self._handles = []
         self._outputs.clear()
+
+
+def feature_channels(module: nn.Module, layers: Sequence[str], in_channels: int, image_size: int = 64) -> list[int]:
+    """Channels of the named layers' outputs, found by one forward pass on zeros (for sizing VID regressors)."""
+    recorder = FeatureRecorder(module, layers)
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, in_channels, image_size, image_size, device=next(module.parameters()).device))
+        return [int(f.shape[1]) for f in recorder.features]
+    finally:
+        recorder.remove()
+        module.train(was_training)

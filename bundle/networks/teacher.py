@@ -39,6 +39,23 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def require_teacher_checkpoint(path: str | os.PathLike) -> None:
+    """Stop a run before any work when the teacher checkpoint is missing, with a message saying what to do.
+
+    ``SystemExit`` rather than an exception: MONAI wraps exceptions from config expressions in its own long
+    traceback, while a ``SystemExit`` message is the last thing the user sees.
+    """
+    if not Path(path).is_file():
+        raise SystemExit(_missing_teacher_message(Path(path)))
+
+
+def _missing_teacher_message(path: Path) -> str:
+    return (
+        f"teacher checkpoint not found: {path} (config value 'teacher_ckpt'). Train one with\n  "
+        f"{TEACHER_COMMAND} --ckpt_dir {path.parent}\nor point --teacher_ckpt at a pretrained teacher."
+    )
+
+
 class FrozenTeacher(nn.Module):
     """A pretrained classifier with frozen weights, always in eval mode, returning logits and named features.
 
@@ -59,10 +76,7 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         path = Path(checkpoint)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"teacher checkpoint not found: {path} (config value 'teacher_ckpt'). Train one with\n  "
-                f"{TEACHER_COMMAND} --ckpt_dir {path.parent}\nor point --teacher_ckpt at a pretrained teacher."
-            )
+            raise FileNotFoundError(_missing_teacher_message(path))
         if is_torchscript(path):
             self.network: nn.Module = torch.jit.load(str(path), map_location="cpu")
         else:
