@@ -9,17 +9,17 @@ the macula, nasal branches), a darker macula, choroidal texture, illumination fa
 
 - 0 "no DR": no lesions;
 - 1 "mild": 2-5 microaneurysms (MA: tiny dark-red dots) and nothing else;
-- 2 "moderate": 1-3 haemorrhages (HE: dark-red blots) and 0-4 MA;
-- 3 "severe": 4-7 HE, 0-4 MA and 1-3 clusters of hard exudates (EX: small bright-yellow dots);
+- 2 "moderate": 1-2 haemorrhages (HE: dark-red blots) and 0-4 MA;
+- 3 "severe": 2-4 HE, 0-4 MA and 1-2 clusters of hard exudates (EX: small bright-yellow dots);
 - 4 "proliferative": everything of grade 3 plus 1-3 cotton-wool spots (CWS: larger whitish blobs).
 
 Chest X-ray (``task="multilabel"``, :data:`CXR_CLASSES`): a PA chest radiograph (body outline, two lungs, mediastinum
 and heart, spine, posterior ribs, clavicles, diaphragm domes, bronchovascular lung markings, noise) with four
-independent findings, each present with probability :data:`CXR_PREVALENCE`: nodule (small round opacity),
-consolidation (large irregular opacity with air bronchograms), effusion (homogeneous basal fluid with a meniscus rising
-laterally, blunting the costophrenic angle) and pneumothorax (apical-lateral crescent without lung markings, bounded
-by a thin visceral pleural line). Images are written as DICOM with varied bit depths, rescale, windows and ~30%
-MONOCHROME1 (stored inverted; a correct reader shows bright = dense).
+independent findings, each present with probability :data:`CXR_PREVALENCE`: nodule (small round soft-tissue-dense
+blob), consolidation (larger irregular soft-tissue-dense region with air bronchograms), effusion (homogeneous basal
+fluid with a meniscus rising laterally, blunting the costophrenic angle) and pneumothorax (apical-lateral crescent
+without lung markings, bounded by a thin visceral pleural line). Images are written as DICOM with varied bit depths,
+rescale, windows and ~30% MONOCHROME1 (stored inverted; a correct reader shows bright = dense).
 
 Honest labels. Lesions change pixel colours, so a histogram alone would reveal the label. Every lesion colour
 therefore also occurs in a non-lesion structure whose amount is topped up to a per-image pixel budget drawn
@@ -27,15 +27,16 @@ independently of the label (exact pixel counts on a class map before colouring):
 
 - fundus: dark red = vessels + MA + HE (the vessel tree grows until the red budget is met); yellow = reflex streaks +
   EX; white = reflex streaks + CWS (elongated nerve-fibre-layer reflex streaks fill the yellow and white budgets);
-- chest X-ray: opacity = lung markings + nodule + consolidation + pleural line (markings are added until the budget
-  is met); aerated lung = a per-image budget: an effusion's fluid is paid for by a lower diaphragm, so the opaque base
-  has the same area with or without effusion and only its shape differs (meniscus vs dome); a pneumothorax keeps the
-  lung's intensity and only lacks markings, which are drawn elsewhere.
+- chest X-ray: the aerated lung area of each lung is a budget; effusion fluid, nodules and consolidation are airless
+  (soft-tissue density) and are paid for by a lower diaphragm dome, so the opaque area is the same with or without
+  findings and only shapes differ (meniscus vs dome, a blob in the lung vs a lower dome); lung markings + pleural line
+  are a second budget (markings are added until it is met); a pneumothorax keeps the lung's intensity and only lacks
+  markings, which are drawn elsewhere.
 
 Lesions are compact blobs and decoys thin lines, so the task needs local shape, not global statistics. On top, every
 image has random exposure, white balance (fundus) or contrast (X-ray), gamma, blur and noise.
 
-Domains: ``"B"`` is another camera/scanner: fundus with a yellow-green colour cast, lower gamma, a larger FOV
+Domains: ``"B"`` is another camera/scanner: fundus with a green-blue colour cast, lower gamma, a larger FOV
 cropped top and bottom, stronger vignetting, blur and noise; X-ray as CR instead of DX, lower contrast, stronger
 blur and noise and more 8-bit files. Labelling rules are identical in both domains.
 """
@@ -62,8 +63,19 @@ DOMAINS = ("A", "B")
 SPLIT_PREFIX = {"training": "train", "validation": "val", "test": "test", "unlabeled": "unlabeled"}
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's UID root, used with deterministic entropy
 
-# fundus class map codes
+# fundus class map codes and their colours (linear RGB before illumination and acquisition)
 _F_BG, _F_DISC, _F_RED, _F_YEL, _F_WHT, _F_OUT = range(6)
+_FUNDUS_PALETTE = np.array(
+    [
+        [0.80, 0.36, 0.14],  # background retina
+        [0.98, 0.80, 0.52],  # disc
+        [0.50, 0.11, 0.05],  # vessels, microaneurysms, haemorrhages
+        [0.97, 0.85, 0.30],  # hard exudates and yellow reflex streaks
+        [0.94, 0.90, 0.82],  # cotton-wool spots and white reflex streaks
+        [0.0, 0.0, 0.0],  # outside the field of view
+    ],
+    dtype=np.float32,
+)
 # chest X-ray class map codes
 _X_AIR, _X_SOFT, _X_MED, _X_LUNG, _X_OPAC = range(5)
 
@@ -192,7 +204,7 @@ def _fundus_lesion_plan(rng: np.random.Generator, grade: int) -> dict[str, int]:
         n["ma"] = int(rng.integers(2, 6))
     elif grade >= 2:
         n["ma"] = int(rng.integers(0, 5))
-        n["he"] = int(rng.integers(1, 4)) if grade == 2 else int(rng.integers(3, 7))
+        n["he"] = int(rng.integers(1, 3)) if grade == 2 else int(rng.integers(2, 5))
     if grade >= 3:
         n["ex"] = int(rng.integers(1, 3))
     if grade == 4:
@@ -213,7 +225,7 @@ def _vessel_segments(
     Generation stops once the segments' nominal area exceeds ``max_area`` pixels."""
     fx, fy, fr = fov
     step = 0.035 * size
-    w_trunk, w_min = 0.015 * size, 0.006 * size
+    w_trunk, w_min = 0.015 * size, 0.005 * size
     # (heading relative to the temporal direction, width factor, kind); kind 1 = temporal arcade
     trunks = [
         (-rng.uniform(0.9, 1.25), 1.0, 1),
@@ -246,10 +258,10 @@ def _vessel_segments(
             area += step * max(w, 1.0)
             t0s.append(t)
             x, y, t = nx, ny, t + step
-            if coin[k] < 0.35 and w * 0.72 >= w_min:
+            if coin[k] < 0.4 and w * 0.72 >= w_min:
                 stack.append((x, y, a + branch[k], w * 0.72, t, 0))
-                w *= 0.9
-            w *= 0.97
+                w *= 0.93
+            w *= 0.985
             k += 1
             if w < w_min:
                 break
@@ -318,7 +330,7 @@ def synth_fundus(
     disc = (fx - side * S * anat_rng.uniform(0.19, 0.23), fy + anat_rng.normal(0, 0.02 * S))
     fovea = (fx + side * S * anat_rng.uniform(0.02, 0.05), fy + anat_rng.normal(0, 0.01 * S))
     area = S * S
-    budget_red = int(round(anat_rng.uniform(0.075, 0.095) * area))
+    budget_red = int(round(anat_rng.uniform(0.08, 0.1) * area))
     budget_yel = int(round(anat_rng.uniform(0.018, 0.022) * area))
     budget_wht = int(round(anat_rng.uniform(0.017, 0.021) * area))
 
@@ -361,7 +373,7 @@ def synth_fundus(
             paint(_blob_pixels(S, x + ox, y + oy, r, r), _F_YEL)
     for _ in range(plan["he"]):
         x, y = place(0.04 * S)
-        rho = S * lesion_rng.uniform(0.028, 0.04)
+        rho = S * lesion_rng.uniform(0.04, 0.055)
         for _ in range(int(lesion_rng.integers(1, 3))):
             ox, oy = lesion_rng.normal(0, 0.35 * rho, 2)
             paint(
@@ -380,7 +392,7 @@ def synth_fundus(
     allowed = ((cmap == _F_BG) | (cmap == _F_DISC)) & ~ring
     drawn_red = counts[_F_RED] if compensate else 0
     for attempt in range(6):
-        seg, hw, t0, t1 = _vessel_segments(decoy_rng, S, disc, fov, side, 2.5 * (budget_red - drawn_red))
+        seg, hw, t0, t1 = _vessel_segments(decoy_rng, S, disc, fov, side, 1.8 * (budget_red - drawn_red))
         order = np.argsort(t0, kind="stable")
         seg, hw, t0, t1 = seg[order], hw[order], t0[order] + 1e3 * attempt, t1[order] + 1e3 * attempt
         cum = np.cumsum(2 * np.maximum(hw, 0.5) * (t1 - t0))
@@ -394,50 +406,40 @@ def synth_fundus(
             break
     allowed &= cmap == _F_BG
     hw_streak = max(0.5, 0.005 * S)
-    drawn = {}
     for cls, budget in ((_F_YEL, budget_yel), (_F_WHT, budget_wht)):
         got = counts[cls] if compensate else 0
         for attempt in range(8):
-            seg, t0, t1 = _streak_segments(decoy_rng, S, 40, disc, disc_r, fov, 100.0 * attempt)
+            seg, t0, t1 = _streak_segments(decoy_rng, S, 24, disc, disc_r, fov, 100.0 * attempt)
             got += _fill_budget(cmap, _stroke_pixels(S, seg, hw_streak, t0, t1), cls, allowed, budget - got)
             if got >= budget:
                 break
-        drawn[cls] = got
 
-    # --- colour and acquisition
-    palette = np.array(
-        [
-            [0.80, 0.36, 0.14],  # background retina
-            [0.98, 0.80, 0.52],  # disc
-            [0.50, 0.11, 0.05],  # vessels, MA, HE
-            [0.97, 0.85, 0.30],  # EX and yellow streaks
-            [0.94, 0.90, 0.82],  # CWS and white streaks
-            [0.0, 0.0, 0.0],  # outside the FOV
-        ]
-    )
-    col = palette[cmap].reshape(S, S, 3)
+    # --- colour and acquisition (float32)
+    col = _FUNDUS_PALETTE[cmap].reshape(S, S, 3)
     tex = _smooth_field(app_rng, S, max_freq=6.0)
     bgm = (cmap == _F_BG).reshape(S, S)
     macula = 1.0 - 0.35 * np.exp(-((xs - fovea[0]) ** 2 + (ys - fovea[1]) ** 2) / (2 * (0.07 * S) ** 2))
-    cup = np.exp(-((xs - disc[0]) ** 2 + (ys - disc[1]) ** 2) / (2 * (0.5 * disc_r) ** 2))
-    col *= np.where(bgm, (1 + 0.12 * tex) * macula, 1 + 0.05 * tex)[..., None]
     dm = (cmap == _F_DISC).reshape(S, S)
-    col[dm] += (0.25 * cup[dm])[:, None] * (1.0 - col[dm])
+    cup = np.exp(-((xs[dm] - disc[0]) ** 2 + (ys[dm] - disc[1]) ** 2) / (2 * (0.5 * disc_r) ** 2))
+    col[dm] += (0.25 * cup)[:, None].astype(np.float32) * (1.0 - col[dm])
     rr2 = ((xs - fx) ** 2 + (ys - fy) ** 2) / fr**2
     ga = app_rng.uniform(0, 2 * np.pi)
     vign = app_rng.uniform(0.3, 0.5) + (0.15 if b else 0.0)
     illum = 1.0 - vign * rr2 + app_rng.uniform(0.0, 0.12) * ((xs - fx) * np.cos(ga) + (ys - fy) * np.sin(ga)) / fr
-    wb = app_rng.uniform(0.88, 1.12, 3) * app_rng.uniform(0.72, 1.15)
+    shade = np.where(bgm, (1 + 0.06 * tex) * macula, 1 + 0.02 * tex) * illum
+    wb = app_rng.uniform(0.97, 1.03, 3) * app_rng.uniform(0.9, 1.1)
     if b:
         wb *= np.array([0.9, 1.12, 1.3])
-    gamma = app_rng.uniform(0.85, 1.2) * (0.8 if b else 1.0)
-    img = np.clip(col * illum[..., None] * wb, 0, 1) ** gamma
+    gamma = app_rng.uniform(0.95, 1.05) * (0.8 if b else 1.0)
+    img = col * shade.astype(np.float32)[..., None] * wb.astype(np.float32)
+    np.clip(img, 0, 1, out=img)
+    np.power(img, np.float32(gamma), out=img)
     img[~inside.reshape(S, S)] = 0.015
-    sigma = S * (app_rng.uniform(0.011, 0.016) if b else app_rng.uniform(0.003, 0.008))
+    sigma = S * (app_rng.uniform(0.007, 0.01) if b else app_rng.uniform(0.003, 0.008))
     img = ndimage.gaussian_filter(img, (sigma, sigma, 0), mode="nearest", truncate=3.0)
     noise = app_rng.uniform(0.03, 0.045) if b else app_rng.uniform(0.01, 0.025)
-    img = img + app_rng.normal(0, noise, img.shape)
-    image = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+    img += app_rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise)
+    image = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     info = {
         **{f"n_{k}": v for k, v in plan.items()},
         "budget_red": budget_red,
@@ -462,8 +464,8 @@ def synth_cxr(
 ) -> DemoSample:
     """Generate one PA chest radiograph (display intensities, bright = dense); findings drawn when not given.
 
-    ``compensate=False`` (ablation only): markings ignore the findings' opacity and the effusion's fluid replaces
-    aerated lung instead of lowering the diaphragm, so findings change the histogram.
+    ``compensate=False`` (ablation only): solid findings and effusion fluid replace aerated lung instead of lowering
+    the diaphragm, and the markings ignore the pleural line, so findings change the histogram.
     """
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
@@ -501,7 +503,7 @@ def synth_cxr(
         frac = anat_rng.uniform(0.74, 0.82)
         h = anat_rng.uniform(0.03, 0.05)
         lungs.append(dict(s=s, a=a, b=bb, xc=xc, yc=yc, env=env, n_aer=int(round(frac * env.sum())), h=h))
-    budget_opac = int(round(anat_rng.uniform(0.032, 0.042) * S * S))
+    budget_opac = int(round(anat_rng.uniform(0.026, 0.034) * S * S))
     ribs = np.zeros((S, S))
     rib_hw = max(0.5 / S, 0.014)
     for s in (-1.0, 1.0):
@@ -514,78 +516,87 @@ def synth_cxr(
         ribs += 1.5 * (clav & (lat > 0.03) & (lat < 0.3))
     spine = (np.abs(X - bx) < 0.035) * (Y > 0.05) * (0.7 + 0.3 * (np.sin(Y * 2 * np.pi / 0.05) > -0.6))
 
-    # --- findings: effusion changes the shape of the lung base, not its area
+    # --- findings. Nodule, consolidation and effusion fluid are airless lung with soft-tissue density; the per-lung
+    # aerated budget pays for them (the diaphragm dome sits lower), so the amount of lung stays the same and only
+    # shapes differ. A pneumothorax keeps the lung's intensity and only lacks markings.
     fmask = np.zeros(S * S, dtype=bool)
-    eff_side = int(find_rng.integers(0, 2))
-    ptx_side = int(find_rng.integers(0, 2))
+    Xf, Yf = X.ravel(), Y.ravel()
+    eff_side, ptx_side, nod_side, cons_side = (int(v) for v in find_rng.integers(0, 2, 4))
     eff_delta, eff_m = find_rng.uniform(0.05, 0.09), find_rng.uniform(0.05, 0.09)
     ptx_rho = find_rng.uniform(0.58, 0.72)
-    Xf, Yf = X.ravel(), Y.ravel()
-    for k, lung in enumerate(lungs):
-        env = lung["env"]
-        u = np.clip((Xf[env] - lung["xc"]) / lung["a"], -1, 1)
-        key = Yf[env] + lung["h"] * (1 - u**2)
-        if has["effusion"] and k == eff_side:
-            t = np.clip(((Xf[env] - lung["xc"]) * lung["s"] / lung["a"] + 1) / 2, 0, 1)
-            key_eff = np.maximum(key, Yf[env] + eff_m * t**2 + eff_delta)
-        else:
-            key_eff = key
-        order = np.argsort(key_eff if compensate else key, kind="stable")
-        idx = np.flatnonzero(env)
-        aer = idx[order[: lung["n_aer"]]]
-        lam = (key_eff if compensate else key)[order[lung["n_aer"] - 1]]
-        if not compensate:
-            aer = aer[key_eff[order[: lung["n_aer"]]] <= lam]
-        aerated[aer] = True
-        if has["effusion"] and k == eff_side:
-            fluid = idx[(key < lam) & ~aerated[idx]]
-            fmask[fluid] = True
-    cmap[aerated] = _X_LUNG
-    # non-aerated parts of the lung envelopes (abdomen below the domes, fluid) stay soft tissue
+    rhos = [np.sqrt(((Xf - lu["xc"]) / lu["a"]) ** 2 + ((Yf - lu["yc"]) / lu["b"]) ** 2) for lu in lungs]
+    zones = [
+        lu["env"] & ((Xf - lu["xc"]) * lu["s"] > -0.35 * lu["a"]) & (Yf < lu["yc"] + 0.1) for lu in lungs
+    ]  # apical-lateral zone where a pneumothorax collects
+    ptx_region = zones[ptx_side] & (rhos[ptx_side] > ptx_rho) if has["pneumothorax"] else np.zeros(S * S, bool)
 
-    ptx = np.zeros(S * S, dtype=bool)
-    if has["pneumothorax"]:
-        lung = lungs[ptx_side]
-        rho = np.sqrt(((Xf - lung["xc"]) / lung["a"]) ** 2 + ((Yf - lung["yc"]) / lung["b"]) ** 2)
-        zone = aerated & lung["env"] & ((Xf - lung["xc"]) * lung["s"] > -0.35 * lung["a"]) & (Yf < lung["yc"] + 0.1)
-        ptx = zone & (rho > ptx_rho)
-        line_w = max(0.55 / S, 0.005) / min(lung["a"], lung["b"])
-        line = zone & (rho <= ptx_rho) & (rho > ptx_rho - 2 * line_w)
-        cmap[line] = _X_OPAC
-        fmask |= ptx | line
-    free = aerated & ~ptx
-
-    def place() -> tuple[float, float]:
-        idx = np.flatnonzero(free & ~fmask)
+    def place(k: int) -> tuple[float, float]:
+        lu = lungs[k]
+        ok = lu["env"] & (Yf < lu["yc"] + 0.3 * lu["b"]) & (rhos[k] < 0.8) & ~ptx_region
+        idx = np.flatnonzero(ok)
         p = idx[int(find_rng.integers(0, len(idx)))]
         return (p % S) + 0.5, (p // S) + 0.5
 
+    solid = np.zeros(S * S, dtype=bool)  # airless finding pixels inside the lung envelopes
+    nodule = np.zeros(0, dtype=np.int64)
+    cons = np.zeros(0, dtype=np.int64)
     if has["nodule"]:
-        x, y = place()
-        r = max(0.8, S * find_rng.uniform(0.018, 0.028))
-        pix = _blob_pixels(S, x, y, r, r)
-        pix = pix[free[pix]]
-        cmap[pix] = _X_OPAC
-        fmask[pix] = True
+        x, y = place(nod_side)
+        r = max(0.8, S * find_rng.uniform(0.025, 0.035))
+        nodule = _blob_pixels(S, x, y, r, r)
+        nodule = nodule[lungs[nod_side]["env"][nodule] & ~ptx_region[nodule]]
+        solid[nodule] = True
     if has["consolidation"]:
-        x, y = place()
-        cons = []
-        for _ in range(int(find_rng.integers(3, 5))):
-            ox, oy = find_rng.normal(0, 0.03 * S, 2)
-            r = S * find_rng.uniform(0.028, 0.042)
-            cons.append(_blob_pixels(S, x + ox, y + oy, r, r * find_rng.uniform(0.7, 1.0), find_rng.uniform(0, 3)))
-        cons = np.unique(np.concatenate(cons))
-        cons = cons[free[cons]]
-        cmap[cons] = _X_OPAC
-        fmask[cons] = True
+        x, y = place(cons_side)
+        blobs = []
+        for _ in range(int(find_rng.integers(2, 5))):
+            ox, oy = find_rng.normal(0, 0.025 * S, 2)
+            r = S * find_rng.uniform(0.03, 0.045)
+            blobs.append(_blob_pixels(S, x + ox, y + oy, r, r * find_rng.uniform(0.7, 1.0), find_rng.uniform(0, 3)))
+        cons = np.unique(np.concatenate(blobs))
+        cons = cons[lungs[cons_side]["env"][cons] & ~ptx_region[cons]]
         # air bronchograms: thin aerated branches inside the opacity
         ang = find_rng.uniform(0, 2 * np.pi)
-        seg = []
-        for da in (0.0, find_rng.uniform(0.5, 0.9)):
-            seg.append((x, y, x + 0.05 * S * np.cos(ang + da), y + 0.05 * S * np.sin(ang + da)))
-        br = _stroke_pixels(S, np.array(seg), 0.5, np.zeros(2), np.ones(2))
-        br = br[np.isin(br, cons)]
-        cmap[br[: max(0, len(br) * 2 // 3)]] = _X_LUNG
+        seg = [(x, y, x + 0.05 * S * np.cos(ang + da), y + 0.05 * S * np.sin(ang + da)) for da in (0.0, 0.7)]
+        bronchi = _stroke_pixels(S, np.array(seg), 0.5, np.zeros(2), np.ones(2))
+        bronchi = bronchi[np.isin(bronchi, cons)][:-2]
+        solid[np.setdiff1d(cons, bronchi)] = True
+
+    above = np.zeros(S * S, dtype=bool)  # inside a lung envelope, above its diaphragm dome
+    for k, lung in enumerate(lungs):
+        idx = np.flatnonzero(lung["env"])
+        u = np.clip((Xf[idx] - lung["xc"]) / lung["a"], -1, 1)
+        key = Yf[idx] + lung["h"] * (1 - u**2)
+        key_eff = key
+        if has["effusion"] and k == eff_side:
+            t = np.clip(((Xf[idx] - lung["xc"]) * lung["s"] / lung["a"] + 1) / 2, 0, 1)
+            key_eff = np.maximum(key, Yf[idx] + eff_m * t**2 + eff_delta)
+        if compensate:  # the n_aer lowest keys among pixels that are not solid findings
+            cand = np.flatnonzero(~solid[idx])
+            chosen = cand[np.argsort(key_eff[cand], kind="stable")[: lung["n_aer"]]]
+            lam = key_eff[chosen].max()
+        else:  # ablation: findings replace aerated lung without moving the diaphragm
+            chosen = np.argsort(key, kind="stable")[: lung["n_aer"]]
+            lam = key[chosen].max()
+            chosen = chosen[(key_eff[chosen] <= lam) & ~solid[idx[chosen]]]
+        aerated[idx[chosen]] = True
+        above[idx[key <= lam]] = True
+        if has["effusion"] and k == eff_side:
+            fmask[idx[(key <= lam) & ~aerated[idx] & ~solid[idx]]] = True
+    cmap[aerated] = _X_LUNG
+    # non-aerated parts of the envelopes (abdomen below the domes, fluid, solid findings) stay soft tissue
+    fmask[nodule[above[nodule]]] = True
+    fmask[cons[above[cons]]] = True
+
+    ptx = np.zeros(S * S, dtype=bool)
+    if has["pneumothorax"]:
+        zone = zones[ptx_side] & aerated
+        ptx = zone & ptx_region
+        line_w = max(0.55 / S, 0.005) / min(lungs[ptx_side]["a"], lungs[ptx_side]["b"])
+        line = zone & (rhos[ptx_side] <= ptx_rho) & (rhos[ptx_side] > ptx_rho - 2 * line_w) & ~fmask
+        cmap[line] = _X_OPAC
+        fmask |= ptx | line
+    free = aerated & ~ptx
 
     # --- compensation: lung markings (radial lines from the hila) fill the opacity budget
     drawn = int(np.count_nonzero(cmap == _X_OPAC)) if compensate else 0
@@ -601,8 +612,8 @@ def synth_cxr(
         hx = np.where(px < bx * S, (bx - mw - 0.02) * S, (bx + mw + 0.02) * S)
         ang = np.arctan2(py - 0.45 * S, px - hx) + mark_rng.normal(0, 0.25, n)
         ln = mark_rng.uniform(0.03, 0.07, n) * S
-        seg = np.stack([px - ln / 2 * np.cos(ang), py - ln / 2 * np.sin(ang), px + ln / 2 * np.cos(ang),
-                        py + ln / 2 * np.sin(ang)], 1)  # fmt: skip
+        dx, dy = ln / 2 * np.cos(ang), ln / 2 * np.sin(ang)
+        seg = np.stack([px - dx, py - dy, px + dx, py + dy], 1)
         t0 = np.arange(n) + 100.0 * attempt
         drawn += _fill_budget(cmap, _stroke_pixels(S, seg, hw, t0, t0 + 1), _X_OPAC, allowed, budget_opac - drawn)
         if drawn >= budget_opac:
@@ -612,7 +623,7 @@ def synth_cxr(
     dens = np.array([0.03, 0.44, 0.52, 0.14, 0.28])[cmap].reshape(S, S)
     inside = body
     tex = _smooth_field(app_rng, S, max_freq=5.0)
-    dens = dens + inside * (0.12 * body_thick + 0.025 * tex + 0.06 * ribs + 0.05 * spine)
+    dens = dens + inside * (0.12 * body_thick + 0.015 * tex + 0.05 * ribs + 0.05 * spine)
     gain = app_rng.uniform(0.85, 1.1) * (0.75 if b else 1.0)
     offset = app_rng.uniform(-0.03, 0.05) + (0.1 if b else 0.0)
     gamma = app_rng.uniform(0.8, 1.25)
@@ -751,34 +762,18 @@ def write_cxr_dicom(
     return {"bits_stored": bits_stored, "bits_allocated": bits_alloc, "monochrome1": mono1, "rescale": rescale}
 
 
-def read_demo_image(path: str | os.PathLike) -> np.ndarray:
-    """Reference decoding of a demo file to float32 in ``[0, 1]``: PNG as is (``/255``); DICOM with modality LUT,
-    VOI LUT (window) and MONOCHROME1 inversion, so bright = dense. Used by tests and ``scripts/demo_difficulty.py``."""
-    path = Path(path)
-    if path.suffix.lower() != ".dcm":
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return np.asarray(im, dtype=np.float32) / 255.0
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    ds = pydicom.dcmread(path)
-    arr = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
-    y_min, y_max = 0.0, float(2**ds.BitsStored - 1)
-    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        y_min, y_max = y_min * float(ds.RescaleSlope) + float(ds.RescaleIntercept), y_max * float(
-            ds.RescaleSlope
-        ) + float(ds.RescaleIntercept)
-    if "WindowWidth" not in ds:
-        y_min, y_max = float(arr.min()), float(arr.max())
-    out = (arr - y_min) / max(y_max - y_min, 1e-6)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        out = 1.0 - out
-    return np.clip(out, 0, 1).astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------------------- dataset
+
+
+def demo_sample(task: str, split: str, index: int, size: int = 64, seed: int = 0, domain: str = "A") -> DemoSample:
+    """Regenerate in memory the sample that :func:`generate_demo_data` writes as ``<split prefix>_<index>``.
+
+    For ``cxr`` the returned image is the display image before DICOM encoding (bright = dense, ``[0, 1]``).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    img_rng = _spawn(sample_rng(seed, task, domain, split, index), 2)[0]
+    return synth_fundus(img_rng, size, domain) if task == "fundus" else synth_cxr(img_rng, size, domain)
 
 
 def generate_demo_data(
@@ -825,8 +820,7 @@ def generate_demo_data(
     }
     for split, i in jobs:
         stem = f"{SPLIT_PREFIX[split]}_{i:05d}"
-        rng = sample_rng(seed, task, domain, split, i)
-        img_rng, enc_rng = _spawn(rng, 2)
+        img_rng, enc_rng = _spawn(sample_rng(seed, task, domain, split, i), 2)
         patient = f"DEMO{task.upper()}{domain}{seed}-{stem}"
         if task == "fundus":
             sample = synth_fundus(img_rng, size, domain)

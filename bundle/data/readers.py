@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,7 +201,13 @@ class MedicalImageReader(ImageReader):
                             raise ImageReadError(path, f"multi-frame image ({im.n_frames} frames); set frame")
                         im.seek(self.frame)
                     array, bits = _pil_to_array(im)
-            except (OSError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            except (
+                OSError,
+                SyntaxError,
+                struct.error,
+                Image.DecompressionBombWarning,
+                Image.DecompressionBombError,
+            ) as e:
                 reason = "truncated or corrupt image" if "truncated" in str(e).lower() else "cannot decode image"
                 raise ImageReadError(path, f"{reason}: {e}") from e
         if bits == 8:
