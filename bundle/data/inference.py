@@ -1,0 +1,166 @@
+"""Inputs for inference: list a folder (or a datalist's test split), and load items without ever stopping the run.
+
+``list_input_files`` finds the images in a folder tree; ``TolerantDataset`` turns an item that fails to load or
+preprocess into a zero placeholder marked ``valid: False`` with the reason, so that one bad file in a hospital
+export becomes a row in ``errors.csv`` instead of a crashed run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import Dataset
+from monai.transforms import apply_transform
+
+from bundle.data.datalist import load_datalist, read_datalist_info
+from bundle.data.readers import DICOM_SUFFIXES, ITK_SUFFIXES, NATURAL_SUFFIXES, NIFTI_SUFFIXES, sniff_format
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = NATURAL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES
+# Never images, so never sniffed: spreadsheets, text, configs, archives, checkpoints, ITK raw side files.
+NON_IMAGE_SUFFIXES = (
+    ".csv", ".tsv", ".txt", ".json", ".md", ".rst", ".yaml", ".yml", ".xml", ".html", ".htm", ".pdf", ".log",
+    ".py", ".ipynb", ".zip", ".tar", ".gz", ".tgz", ".7z", ".pt", ".pth", ".ckpt", ".npz", ".npy", ".raw", ".ini",
+    ".cfg", ".xls", ".xlsx", ".doc", ".docx",
+)  # fmt: skip
+# DICOM media index files carry the DICM magic but no image.
+NON_IMAGE_NAMES = ("dicomdir",)
+SOURCE_KEY = "source"
+VALID_KEY = "valid"
+ERROR_KEY = "error"
+
+
+def list_input_files(input_dir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """Return ``[{"image": path}, ...]`` for every image under ``input_dir``, sorted by relative path.
+
+    Files with an image suffix (PNG/JPEG/TIFF/BMP/GIF, DICOM, NIfTI, MetaImage/NRRD) are listed whatever their
+    content, so that a broken one is reported rather than silently skipped. Other files are listed only when their
+    first bytes say image (DICOM files are often named by UID or have no suffix at all). Hidden files and folders,
+    ``DICOMDIR`` and obvious non-images (``.csv``, ``.txt``, ``.json`` ...) are skipped, as is ``exclude`` (e.g.
+    the output folder when it lies inside the input folder).
+    """
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input_dir is not a folder: {root}")
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        current = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and (current / d).resolve() != excluded]
+        for name in filenames:
+            path = current / name
+            if _is_image_candidate(path):
+                found.append(path)
+    found.sort(key=lambda p: p.relative_to(root).as_posix())
+    return [{"image": str(p)} for p in found]
+
+
+def _is_image_candidate(path: Path) -> bool:
+    name = path.name.lower()
+    if name.startswith(".") or name in NON_IMAGE_NAMES:
+        return False
+    if name.endswith(IMAGE_SUFFIXES):  # first: ".nii.gz" ends with the non-image ".gz"
+        return True
+    if name.endswith(NON_IMAGE_SUFFIXES):
+        return False
+    try:
+        # sniff_format falls back to "itk" for anything without a recognised magic number
+        return sniff_format(path) in ("natural", "dicom", "nifti")
+    except Exception:  # unreadable, empty or vanished files without an image suffix are not images
+        return False
+
+
+def inference_items(
+    input_dir: str | os.PathLike | None,
+    datalist: str | os.PathLike,
+    exclude: str | os.PathLike | None = None,
+    key: str = "test",
+) -> list[dict]:
+    """The items to run on: every image under ``input_dir`` when it is set, else the datalist's ``key`` list."""
+    items = list_input_files(input_dir, exclude=exclude) if input_dir else load_datalist(datalist, key)
+    if not items:
+        where = f"input_dir {input_dir}" if input_dir else f"the {key!r} list of {datalist}"
+        raise ValueError(f"no images found in {where}")
+    return items
+
+
+def require_checkpoint(path: str | os.PathLike) -> None:
+    """Stop before any work when the model checkpoint is missing, saying which config values point at it."""
+    if not Path(path).is_file():
+        raise SystemExit(
+            f"model checkpoint not found: {path} (config values 'ckpt_dir' and 'ckpt_name'). Train one with\n  "
+            "python -m monai.bundle run training --config_file configs/train.yaml --dataset_dir DIR\n"
+            "or point --ckpt_dir at the folder holding model.pt."
+        )
+
+
+def resolve_class_names(datalist: str | os.PathLike | None, num_classes: int) -> list[str]:
+    """The datalist header's ``classes`` when the datalist exists and has ``num_classes`` of them, else "0".."N-1"."""
+    if datalist and Path(datalist).is_file():
+        classes = read_datalist_info(datalist).get("classes") or []
+        if len(classes) == num_classes:
+            return [str(c) for c in classes]
+        logger.warning(f"{datalist} lists {len(classes)} classes but num_classes is {num_classes}: numbering them")
+    return [str(i) for i in range(num_classes)]
+
+
+class TolerantDataset(Dataset):
+    """MONAI ``Dataset`` whose items never raise: a failed item becomes a zero placeholder with the reason.
+
+    Each returned item has ``image`` (a plain float tensor of ``image_shape``), ``source`` (the input path, also
+    for failed items), ``valid`` (bool) and ``error`` (the reason, empty when valid). Only ``keys`` of the input
+    item are passed to ``transform``, so that items with different optional fields still batch together.
+    MetaTensor metadata is dropped for the same reason: PNG, DICOM and NIfTI metadata have different keys and
+    would not collate; writers re-read the source file from ``source``.
+
+    Args:
+        data: datalist-style items with an ``image`` path.
+        transform: the preprocessing, ending with an ``image`` of ``image_shape``.
+        image_shape: ``(channels, height, width)`` of the placeholder and of every valid image.
+        keys: item keys given to ``transform``.
+    """
+
+    def __init__(
+        self,
+        data: Sequence[dict],
+        transform: Callable | None,
+        image_shape: Sequence[int],
+        keys: Sequence[str] = ("image",),
+    ) -> None:
+        super().__init__(data=data, transform=transform)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.keys = tuple(keys)
+
+    def _transform(self, index: int) -> dict[str, Any]:
+        item = self.data[index]
+        source = str(item["image"])
+        try:
+            data = {k: item[k] for k in self.keys if k in item}
+            if self.transform is not None:
+                data = apply_transform(self.transform, data)
+            image = torch.as_tensor(data["image"]).as_subclass(torch.Tensor).float()
+            if tuple(image.shape) != self.image_shape:
+                raise ValueError(f"preprocessed image has shape {tuple(image.shape)}, expected {self.image_shape}")
+        except Exception as e:  # any failure of any file must not stop the run: it is reported in errors.csv
+            reason = failure_reason(e)
+            logger.warning(f"{source}: {reason}")
+            return {"image": torch.zeros(self.image_shape), SOURCE_KEY: source, VALID_KEY: False, ERROR_KEY: reason}
+        return {**data, "image": image, SOURCE_KEY: source, VALID_KEY: True, ERROR_KEY: ""}
+
+
+def failure_reason(error: BaseException) -> str:
+    """The reason to report: MONAI's ``apply_transform`` wraps the original exception in ``RuntimeError`` per level;
+    the first ``ImageReadError`` (which has a ``reason``) in the chain, else the innermost exception."""
+    chain = [error]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    for e in chain:
+        if getattr(e, "reason", None):
+            return str(e.reason)
+    return f"{type(chain[-1]).__name__}: {chain[-1]}"

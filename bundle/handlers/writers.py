@@ -1,0 +1,291 @@
+"""Write what inference produced: class probabilities, saliency overlays and maps, DICOM captures, errors.
+
+``SaliencyWriter`` is an Ignite handler for ``bundle.engines.evaluator.ExplainingEvaluator``; it reads the
+decollated ``engine.state.batch`` (``source``, ``valid``, ``error`` from ``bundle.data.inference.TolerantDataset``)
+and ``engine.state.output`` (``pred`` probabilities after the postprocessing, ``mask``).
+
+Why not MONAI's ``ClassificationSaver``/``SaveImage``: the first writes unnamed raw columns from image metadata
+(which failed items do not have), the second writes at the network's resolution; here every output is at the
+source image's own resolution, named after the source file, and a failure on one file never ends the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.transforms import Resize
+from PIL import Image
+
+from bundle.data.inference import ERROR_KEY, IMAGE_SUFFIXES, SOURCE_KEY, VALID_KEY
+from bundle.data.readers import MedicalImageReader
+from bundle.engines.evaluator import SALIENCY
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_CSV = "predictions.csv"
+ERRORS_CSV = "errors.csv"
+TASKS = ("multiclass", "multilabel")
+# longest first, so that "x.nii.gz" loses ".nii.gz" and not only ".gz"
+_STRIP_SUFFIXES = sorted(IMAGE_SUFFIXES, key=len, reverse=True)
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to RGB in [0, 1] with a jet-like colormap (blue, cyan, yellow, red).
+
+    Written here because ``monai.visualize.blend_images`` needs matplotlib (not a dependency) and rescales each map
+    to its own range, which would hide how salient a region is in absolute terms.
+    """
+    v = np.clip(values, 0.0, 1.0)[..., None] * 4.0
+    return np.clip(1.5 - np.abs(v - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+
+
+def blend_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Alpha-blend ``jet(mask)`` over ``image`` ((H, W) or (H, W, 3) in [0, 1]); uint8 RGB (H, W, 3).
+
+    The opacity is ``alpha * mask`` per pixel: where the explainer hides the image the original shows through.
+    """
+    rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
+    weight = alpha * np.clip(mask, 0.0, 1.0)[..., None]
+    blended = (1.0 - weight) * np.clip(rgb, 0.0, 1.0) + weight * jet(mask)
+    return np.round(blended * 255.0).astype(np.uint8)
+
+
+def source_stem(path: str | os.PathLike) -> str:
+    """The file name without its image suffix (``a.nii.gz`` -> ``a``); UID-named DICOM files keep their dots."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in _STRIP_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class SaliencyWriter:
+    """Write ``predictions.csv``, ``errors.csv`` and, per image, a saliency overlay and map to ``output_dir``.
+
+    * ``predictions.csv``: ``file``, one probability column per class, ``predicted`` (the arg-max class for
+      ``multiclass``; the ``;``-joined classes with probability >= ``threshold`` for ``multilabel``). ``pred`` must
+      already be probabilities (the config's ``Activationsd`` postprocessing).
+    * ``<stem>_overlay.png``: the mask, upsampled bilinearly to the source's size, as a heatmap over the source
+      image re-read with the bundle's reader; ``<stem>_saliency.nii.gz``: that float mask. NIfTI stores (x, y),
+      the readers (rows, columns): the map is transposed back so that it lies on a NIfTI source's own voxel grid
+      (whose affine it copies); for other sources the affine is the identity (pixel units). Stems that occur
+      twice get ``_1``, ``_2`` ... in order.
+    * ``<stem>_overlay.dcm`` for DICOM sources: the overlay as an RGB Secondary Capture (highdicom) in the source's
+      study, one new series per source series per run, patient module copied.
+    * ``errors.csv``: ``file,reason`` for items that failed to load (``valid`` False) and for items whose outputs
+      failed to write (their prediction row is kept). Always written, header only when nothing failed.
+
+    Args:
+        output_dir: folder for all outputs (created).
+        class_names: one name per class, in the order of the network's outputs.
+        task: ``multiclass`` or ``multilabel``.
+        threshold: probability from which a ``multilabel`` finding counts as present.
+        alpha: maximum opacity of the heatmap.
+        frame, scale_16bit, apply_voi: as ``MedicalImageReader``; use the preprocessing's values.
+        write_dicom: write the Secondary Capture for DICOM sources.
+        series_number: Series Number of the new DICOM series.
+        series_description, manufacturer: written into the DICOM captures.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        class_names: Sequence[str],
+        task: str = "multiclass",
+        threshold: float = 0.5,
+        alpha: float = 0.6,
+        frame: int | None = None,
+        scale_16bit: str = "minmax",
+        apply_voi: bool = True,
+        write_dicom: bool = True,
+        series_number: int = 9001,
+        series_description: str = "MED-TEX saliency overlay",
+        manufacturer: str = "MED-TEX MONAI bundle",
+    ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.output_dir = Path(output_dir)
+        self.class_names = [str(c) for c in class_names]
+        self.task = task
+        self.threshold = threshold
+        self.alpha = alpha
+        self.reader = MedicalImageReader(frame=frame, scale_16bit=scale_16bit, apply_voi=apply_voi)
+        self.frame = frame
+        self.write_dicom = write_dicom
+        self.series_number = series_number
+        self.series_description = series_description
+        self.manufacturer = manufacturer
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n_predicted = 0
+        self.n_errors = 0
+        self.n_overlays = 0
+        self.n_dicom = 0
+        self._stems: set[str] = set()
+        self._series: dict[str, str] = {}
+        self._instances: dict[str, int] = defaultdict(int)
+
+    def attach(self, engine: Engine) -> None:
+        """Write headers when the run starts, rows after each iteration, a summary at the end."""
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    @property
+    def predictions_csv(self) -> Path:
+        return self.output_dir / PREDICTIONS_CSV
+
+    @property
+    def errors_csv(self) -> Path:
+        return self.output_dir / ERRORS_CSV
+
+    def started(self, engine: Engine) -> None:
+        """Create the output folder and both CSV files with their headers."""
+        self._reset()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.predictions_csv, "w", newline="") as f:
+            csv.writer(f).writerow(["file", *self.class_names, "predicted"])
+        with open(self.errors_csv, "w", newline="") as f:
+            csv.writer(f).writerow(["file", "reason"])
+
+    def __call__(self, engine: Engine) -> None:
+        """Write the outputs of every item of the (decollated) batch; rows are appended, so a killed run keeps them."""
+        batch, output = engine.state.batch, engine.state.output
+        if isinstance(batch, dict) or isinstance(output, dict):
+            raise ValueError("SaliencyWriter needs decollated engine data (the engine's decollate=True)")
+        predictions, errors = [], []
+        for item, out in zip(batch, output):
+            source = str(item.get(SOURCE_KEY) or getattr(item.get("image"), "meta", {}).get("filename_or_obj", "?"))
+            if not bool(item.get(VALID_KEY, True)):
+                errors.append([source, str(item.get(ERROR_KEY) or "unreadable")])
+                continue
+            try:
+                predictions.append(self.prediction_row(source, out["pred"]))
+                self.write_saliency(source, out[SALIENCY])
+            except Exception as e:  # one file's outputs must never end the run: report it and go on
+                logger.exception(f"{source}: writing outputs failed")
+                errors.append([source, f"writing outputs failed: {type(e).__name__}: {e}"])
+        with open(self.predictions_csv, "a", newline="") as f:
+            csv.writer(f).writerows(predictions)
+        with open(self.errors_csv, "a", newline="") as f:
+            csv.writer(f).writerows(errors)
+        self.n_predicted += len(predictions)
+        self.n_errors += len(errors)
+
+    def prediction_row(self, source: str, probabilities: Any) -> list[str]:
+        """``[file, p_1 ... p_C, predicted]`` for one item."""
+        p = torch.as_tensor(probabilities).detach().float().cpu().reshape(-1).numpy()
+        if p.shape[0] != len(self.class_names):
+            raise ValueError(f"{p.shape[0]} outputs but {len(self.class_names)} class names")
+        if self.task == "multiclass":
+            predicted = self.class_names[int(np.argmax(p))]
+        else:
+            predicted = ";".join(name for name, v in zip(self.class_names, p) if v >= self.threshold)
+        return [source, *(f"{v:.6f}" for v in p), predicted]
+
+    def write_saliency(self, source: str, mask: Any) -> None:
+        """Overlay PNG, NIfTI map and, for DICOM, the Secondary Capture, all at the source's resolution."""
+        stem = self._unique_stem(source)
+        image, meta = self.reader.read_file(source)
+        rows, cols = image.shape[:2]
+        mask = torch.as_tensor(mask).detach().float().cpu()
+        resize = Resize(spatial_size=(rows, cols), mode="bilinear", align_corners=False)
+        full = np.clip(np.asarray(resize(mask))[0], 0.0, 1.0).astype(np.float32)
+        overlay = blend_overlay(image, full, self.alpha)
+        Image.fromarray(overlay).save(self.output_dir / f"{stem}_overlay.png")
+        affine = self._nifti_affine(source) if meta.get("format") == "nifti" else np.eye(4)
+        # readers give (rows, columns) = (y, x); NIfTI's first axis is x: transpose back
+        nib.save(nib.Nifti1Image(full.T, affine), str(self.output_dir / f"{stem}_saliency.nii.gz"))
+        self.n_overlays += 1
+        if self.write_dicom and meta.get("format") == "dicom":
+            self.write_secondary_capture(source, overlay, self.output_dir / f"{stem}_overlay.dcm")
+            self.n_dicom += 1
+
+    def _unique_stem(self, source: str) -> str:
+        stem = base = source_stem(source)
+        n = 0
+        while stem in self._stems:
+            n += 1
+            stem = f"{base}_{n}"
+        self._stems.add(stem)
+        return stem
+
+    def _nifti_affine(self, source: str) -> np.ndarray:
+        """The source's affine (header only), moved to the read slice of a volume."""
+        img = nib.load(source)
+        affine = np.array(img.affine, dtype=np.float64)
+        if self.frame is not None and len(img.shape) >= 3 and img.shape[2] > 1:
+            affine[:3, 3] = (img.affine @ np.array([0.0, 0.0, float(self.frame), 1.0]))[:3]
+        return affine
+
+    def write_secondary_capture(self, source: str, overlay: np.ndarray, path: Path) -> None:
+        """Write ``overlay`` (uint8 RGB) as a Secondary Capture in the source's study, next to its series."""
+        import pydicom
+        from highdicom.sc import SCImage
+        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+        ref = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+        if not ref.get("StudyInstanceUID"):
+            raise ValueError("the DICOM source has no StudyInstanceUID, so no study to add the overlay to")
+        series_uid = self._series.setdefault(str(ref.get("SeriesInstanceUID", "")), generate_uid())
+        self._instances[series_uid] += 1
+        spacing = ref.get("PixelSpacing")
+        capture = SCImage.from_ref_dataset(
+            ref,
+            pixel_array=overlay,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series_uid,
+            series_number=self.series_number,
+            sop_instance_uid=generate_uid(),
+            instance_number=self._instances[series_uid],
+            manufacturer=self.manufacturer,
+            pixel_spacing=tuple(float(v) for v in spacing) if spacing is not None and len(spacing) == 2 else None,
+            # highdicom insists on a single-letter orientation for PATIENT; the real one is copied below
+            patient_orientation=("L", "F"),
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+        )
+        # Same pixel grid as the source, so the same orientation; empty (Type 2) when the source has none.
+        capture.PatientOrientation = ref.get("PatientOrientation")
+        for element in ref:  # the rest of the Patient (and Patient Study) modules: group 0x0010
+            if element.tag.group == 0x0010 and element.tag not in capture:
+                capture.add(copy.deepcopy(element))
+        if ref.get("StudyDescription"):
+            capture.StudyDescription = ref.StudyDescription
+        capture.SeriesDescription = self.series_description
+        capture.DerivationDescription = "explainer saliency mask (jet colormap) blended over the source image"
+        if ref.get("SOPClassUID") and ref.get("SOPInstanceUID"):
+            source_ref = pydicom.Dataset()
+            source_ref.ReferencedSOPClassUID = ref.SOPClassUID
+            source_ref.ReferencedSOPInstanceUID = ref.SOPInstanceUID
+            capture.SourceImageSequence = [source_ref]
+        capture.save_as(path, enforce_file_format=True)
+
+    def completed(self, engine: Engine) -> None:
+        """Log how many images were predicted and failed, and where each kind of output went."""
+        lines = [
+            f"inference: {self.n_predicted} image(s) predicted, {self.n_errors} error(s)",
+            f"  predictions: {self.predictions_csv}",
+            f"  errors: {self.errors_csv}",
+            f"  saliency overlays (<stem>_overlay.png) and maps (<stem>_saliency.nii.gz): {self.n_overlays} in "
+            f"{self.output_dir}",
+        ]
+        if self.write_dicom:
+            lines.append(
+                f"  DICOM Secondary Capture overlays (<stem>_overlay.dcm): {self.n_dicom} in {self.output_dir}"
+            )
+        logger.info("\n".join(lines))

@@ -1,0 +1,266 @@
+"""Inference config end to end: a folder of PNG/JPEG/DICOM/NIfTI plus broken files -> predictions, saliency, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.bundle import ConfigParser
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from bundle.data.inference import inference_items, list_input_files, resolve_class_names
+from bundle.data.readers import ImageReadError, MedicalImageReader
+from bundle.handlers.writers import SaliencyWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["none", "mild", "moderate", "severe", "proliferative"]
+IMAGE_SIZE = 32
+# a tiny explainer + student, set the same way on the command line and in the reference network built here
+SMALL = {
+    "student#init_features": 8,
+    "student#growth_rate": 4,
+    "student#block_config": [1, 1, 1, 1],
+    "explainer#channels": [4, 8],
+    "explainer#strides": [2],
+    "explainer#features": 4,
+    "image_size": IMAGE_SIZE,
+}
+STUDY_UID = generate_uid()
+SERIES_UID = generate_uid()
+# name -> (rows, cols) of the readable inputs
+READABLE = {
+    "rgb.png": (40, 56),
+    "gray16.png": (48, 36),
+    "sub/rgb.jpg": (30, 50),  # same stem as rgb.png: its outputs are named rgb_1_*
+    "ct.dcm": (64, 40),
+    "series/IM0001": (36, 44),  # DICOM without a suffix
+    "slice.nii.gz": (36, 28),  # NIfTI data (x=28, y=36)
+}
+BROKEN = {"truncated.png": "truncated", "empty.dcm": "empty", "notes.png": "cannot decode"}
+STEMS = {
+    "rgb.png": "rgb",
+    "gray16.png": "gray16",
+    "sub/rgb.jpg": "rgb_1",
+    "ct.dcm": "ct",
+    "series/IM0001": "IM0001",
+    "slice.nii.gz": "slice",
+}
+
+
+def write_dicom(path: Path, rows: int, cols: int, instance: int) -> None:
+    ramp = np.add.outer(np.arange(rows) * 40, np.arange(cols) * 25).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY_UID, SERIES_UID
+    ds.PatientID, ds.PatientName, ds.PatientAge = "P-0042", "Doe^Jane", "061Y"
+    ds.Modality, ds.InstanceNumber, ds.PixelSpacing = "CT", instance, [0.5, 0.5]
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = ramp.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def make_inputs(folder: Path) -> None:
+    rng = np.random.default_rng(0)
+    (folder / "sub").mkdir(parents=True)
+    smooth = np.add.outer(np.linspace(0, 1, 40), np.linspace(0, 1, 56))
+    rgb = np.stack([smooth, 1 - smooth / 2, rng.random((40, 56))], axis=-1) * 127
+    Image.fromarray(rgb.astype(np.uint8)).save(folder / "rgb.png")
+    Image.fromarray((rng.random((48, 36)) * 4000).astype(np.uint16)).save(folder / "gray16.png")
+    Image.fromarray((rng.random((30, 50, 3)) * 255).astype(np.uint8)).save(folder / "sub/rgb.jpg")
+    write_dicom(folder / "ct.dcm", 64, 40, 1)
+    write_dicom(folder / "series/IM0001", 36, 44, 2)
+    affine = np.diag([0.8, 0.7, 1.0, 1.0])
+    affine[:3, 3] = [10.0, -5.0, 2.0]
+    nib.save(nib.Nifti1Image(rng.random((28, 36)).astype(np.float32), affine), str(folder / "slice.nii.gz"))
+    noise = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    noise.save(folder / "full.png")
+    data = (folder / "full.png").read_bytes()
+    (folder / "full.png").unlink()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "empty.dcm").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image\n")
+    # never listed: hidden files, spreadsheets, binary files without an image suffix or magic number
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / ".hidden.png")
+    (folder / "labels.csv").write_text("file,label\nrgb.png,1\n")
+    (folder / "series" / "blob").write_bytes(bytes(range(256)) * 4)
+
+
+def reference_parser(datalist: Path) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.yaml"))
+    parser.update({**SMALL, "datalist": str(datalist), "device": "$torch.device('cpu')", "amp": False})
+    return parser
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    work = tmp_path_factory.mktemp("inference")
+    inputs, out, models = work / "in", work / "out", work / "models"
+    make_inputs(inputs)
+    datalist = work / "datalist.json"
+    datalist.write_text(json.dumps({"name": "t", "task": "multiclass", "classes": CLASSES, "test": []}))
+    parser = reference_parser(datalist)
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def").eval()
+    with torch.no_grad():  # a random explainer whose mask spans [0, 1], so that overlays show where it is high
+        network.explainer.head.bias.zero_()
+        network.explainer.head.weight.mul_(40.0)
+    models.mkdir()
+    torch.save(network.state_dict(), models / "model.pt")
+    args = ["--input_dir", str(inputs), "--output_dir", str(out), "--ckpt_dir", str(models)]
+    args += ["--datalist", str(datalist)]  # only for the class names: input_dir replaces its test list
+    args += ["--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--amp", "False"]
+    for key, value in SMALL.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml"]
+    result = subprocess.run(command + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return {"inputs": inputs, "out": out, "network": network, "parser": parser, "log": result.stdout + result.stderr}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def reference(run: dict, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and mask of the network on the preprocessed image, computed here."""
+    image = run["parser"].get_parsed_content("preprocessing")({"image": str(run["inputs"] / name)})["image"]
+    with torch.no_grad():
+        logits, mask = run["network"].explain(image.as_tensor()[None])
+    return torch.softmax(logits, dim=1)[0], mask
+
+
+def test_listing_skips_hidden_and_non_images_and_finds_dicom_without_suffix(tmp_path):
+    make_inputs(tmp_path / "in")
+    listed = [Path(item["image"]).relative_to(tmp_path / "in").as_posix() for item in list_input_files(tmp_path / "in")]
+    assert listed == sorted(list(READABLE) + list(BROKEN))
+
+
+def test_predictions_one_row_per_readable_file_matching_the_network(run):
+    rows = read_csv(run["out"] / "predictions.csv")
+    assert list(rows[0]) == ["file", *CLASSES, "predicted"]
+    assert sorted(Path(r["file"]).relative_to(run["inputs"]).as_posix() for r in rows) == sorted(READABLE)
+    for row in rows:
+        p = np.array([float(row[c]) for c in CLASSES])
+        assert p.sum() == pytest.approx(1.0, abs=1e-4)
+        assert row["predicted"] == CLASSES[int(np.argmax(p))]
+        expected, _ = reference(run, Path(row["file"]).relative_to(run["inputs"]).as_posix())
+        np.testing.assert_allclose(p, expected.numpy(), atol=1e-4)
+    assert "6 image(s) predicted, 3 error(s)" in run["log"]
+
+
+def test_errors_list_exactly_the_broken_files_with_reasons(run):
+    rows = read_csv(run["out"] / "errors.csv")
+    reasons = {Path(r["file"]).name: r["reason"] for r in rows}
+    assert len(rows) == 3 and set(reasons) == set(BROKEN)
+    for name, word in BROKEN.items():  # the reader's own reason, without the MONAI transform wrapping
+        with pytest.raises(ImageReadError) as error:
+            MedicalImageReader().read_file(run["inputs"] / name)
+        assert reasons[name] == error.value.reason and word in reasons[name].lower(), reasons[name]
+
+
+@pytest.mark.parametrize("name", sorted(READABLE))
+def test_saliency_map_and_overlay_at_source_resolution(run, name):
+    rows, cols = READABLE[name]
+    stem = STEMS[name]
+    _, mask = reference(run, name)
+    expected = F.interpolate(mask, size=(rows, cols), mode="bilinear", align_corners=False)[0, 0].numpy()
+    saved = nib.load(str(run["out"] / f"{stem}_saliency.nii.gz"))
+    assert saved.shape == (cols, rows)  # NIfTI is (x, y): transposed back from the readers' (rows, cols)
+    data = saved.get_fdata().T
+    assert data.min() >= 0 and data.max() <= 1
+    np.testing.assert_allclose(data, expected, atol=1e-4)
+    if name.endswith(".nii.gz"):
+        np.testing.assert_allclose(saved.affine, nib.load(str(run["inputs"] / name)).affine)
+
+    source = MedicalImageReader().read_file(run["inputs"] / name)[0]
+    source = np.repeat(source[..., None], 3, axis=-1) if source.ndim == 2 else source
+    overlay = np.asarray(Image.open(run["out"] / f"{stem}_overlay.png").convert("RGB"), dtype=np.float64) / 255
+    assert overlay.shape == (rows, cols, 3)
+    difference = np.abs(overlay - source).mean(axis=-1)
+    assert (expected > 0.6).any() and (expected < 0.4).any(), "the test network's mask should span [0, 1]"
+    high, low = expected > 0.6, expected < 0.1
+    assert difference[high].mean() > 0.1
+    if low.any():  # where the explainer hides the image the source shows through
+        assert difference[low].mean() < difference[high].mean() / 3
+
+
+@pytest.mark.parametrize("name", ["ct.dcm", "series/IM0001"])
+def test_dicom_sources_get_a_secondary_capture_in_their_study(run, name):
+    source = pydicom.dcmread(run["inputs"] / name)
+    capture = pydicom.dcmread(run["out"] / f"{STEMS[name]}_overlay.dcm")
+    assert capture.StudyInstanceUID == source.StudyInstanceUID
+    assert capture.PatientID == source.PatientID and capture.PatientName == source.PatientName
+    assert capture.PatientAge == source.PatientAge  # the rest of group 0x0010 is copied too
+    assert capture.SeriesInstanceUID != source.SeriesInstanceUID
+    assert capture.SOPInstanceUID != source.SOPInstanceUID
+    assert capture.SOPClassUID == SecondaryCaptureImageStorage
+    assert capture.PhotometricInterpretation == "RGB" and capture.SamplesPerPixel == 3 and capture.BitsAllocated == 8
+    assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    overlay = np.asarray(Image.open(run["out"] / f"{STEMS[name]}_overlay.png").convert("RGB"))
+    np.testing.assert_array_equal(capture.pixel_array, overlay)
+
+
+def test_one_new_series_for_the_source_series(run):
+    captures = [pydicom.dcmread(run["out"] / f"{s}_overlay.dcm") for s in ("ct", "IM0001")]
+    assert captures[0].SeriesInstanceUID == captures[1].SeriesInstanceUID
+    assert sorted(c.InstanceNumber for c in captures) == [1, 2]
+    assert not (run["out"] / "rgb_overlay.dcm").exists()
+
+
+def test_a_failed_write_is_reported_and_the_rest_still_written(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((20, 30), 128, np.uint8)).save(good)
+    writer = SaliencyWriter(tmp_path / "out", class_names=["a", "b", "c"], task="multilabel")
+    engine = SimpleNamespace(state=SimpleNamespace())
+    writer.started(engine)
+    mask = torch.rand(1, 8, 8)
+    engine.state.batch = [
+        {"source": str(tmp_path / "gone.png"), "valid": torch.tensor(True), "error": ""},  # deleted after loading
+        {"source": str(good), "valid": torch.tensor(True), "error": ""},
+        {"source": str(tmp_path / "bad.png"), "valid": torch.tensor(False), "error": "cannot decode image"},
+    ]
+    engine.state.output = [{"pred": torch.tensor([0.9, 0.2, 0.5]), "saliency": mask} for _ in range(3)]
+    writer(engine)
+    writer.completed(engine)
+    predictions = read_csv(tmp_path / "out" / "predictions.csv")
+    assert [Path(r["file"]).name for r in predictions] == ["gone.png", "good.png"]
+    assert predictions[1]["predicted"] == "a;c"  # multilabel: every class from the 0.5 threshold
+    errors = {Path(r["file"]).name: r["reason"] for r in read_csv(tmp_path / "out" / "errors.csv")}
+    assert errors["bad.png"] == "cannot decode image" and errors["gone.png"].startswith("writing outputs failed")
+    assert Image.open(tmp_path / "out" / "good_overlay.png").size == (30, 20)
+    assert (writer.n_predicted, writer.n_errors) == (2, 2)
+
+
+def test_inputs_and_class_names_from_the_datalist(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text('{"task": "multiclass", "classes": ["x", "y"], "test": [{"image": "a.png", "label": 1}]}')
+    assert inference_items(None, datalist) == [{"image": str(tmp_path / "a.png"), "label": 1}]
+    with pytest.raises(ValueError, match="no images"):
+        inference_items(None, datalist, key="validation")
+    assert resolve_class_names(datalist, 2) == ["x", "y"]
+    assert resolve_class_names(datalist, 3) == ["0", "1", "2"]  # the datalist is for another task
+    assert resolve_class_names(tmp_path / "missing.json", 2) == ["0", "1"]
