@@ -51,3 +51,11 @@ def test_auc_leaves_unknown_labels_out_per_class():
     np.testing.assert_allclose(per_class, [1.0, 1.0])
     y[1][1], y[3][1] = -1, 0  # class 1 left with negatives only: undefined, excluded from the macro mean
     assert math.isnan(auc(pred, y, average="none")[1]) and auc(pred, y) == pytest.approx(1.0)
+
+
+def test_macro_auc_skips_classes_absent_from_the_set():
+    pred = [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]]
+    y = [[1, 0, 0], [0, 1, 0], [1, 0, 0]]  # class 2 never occurs: MONAI's macro would be NaN
+    per_class = auc(pred, y, average="none")
+    assert per_class[0] == pytest.approx(1.0) and per_class[1] == pytest.approx(1.0) and math.isnan(per_class[2])
+    assert auc(pred, y) == pytest.approx(1.0)

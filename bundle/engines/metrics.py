@@ -14,10 +14,10 @@ from sklearn.metrics import cohen_kappa_score
 
 
 class ROCAUCKnownLabelsMetric(ROCAUCMetric):
-    """MONAI's ROC AUC, except that -1 targets (unknown findings) are left out class by class.
-
-    Without unknowns it is exactly ``compute_roc_auc``. With them, each class's AUC uses the images whose label
-    for that class is known, and ``macro`` averages the classes that have both positives and negatives.
+    """MONAI's ROC AUC, except that -1 targets (unknown findings) are left out class by class, and ``macro``
+    averages the classes that have both positives and negatives in the set (MONAI's macro is NaN as soon as one
+    class is absent, which small test sets and rare findings make common). Each class's AUC is MONAI's
+    ``compute_roc_auc`` over the images whose label for that class is known.
     """
 
     def aggregate(self, average: Average | str | None = None) -> np.ndarray | float:
@@ -25,10 +25,10 @@ class ROCAUCKnownLabelsMetric(ROCAUCMetric):
         if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise ValueError("y_pred and y must be PyTorch Tensor.")
         average = Average(average or self.average)
-        if y.ndim < 2 or not bool((y < 0).any()):
+        if y.ndim < 2 or average not in (Average.MACRO, Average.NONE):
+            if bool((y < 0).any()):
+                raise ValueError(f"with unknown (-1) labels only 'macro' or 'none' averaging is defined: {average}")
             return compute_roc_auc(y_pred=y_pred, y=y, average=average)
-        if average not in (Average.MACRO, Average.NONE):
-            raise ValueError(f"with unknown (-1) labels only 'macro' or 'none' averaging is defined, got {average}")
         per_class = []
         for c in range(y.shape[1]):
             known = y[:, c] >= 0
