@@ -15,6 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.data.datalist import load_datalist  # noqa: E402
+from bundle.data.readers import MedicalImageReader  # noqa: E402
 from bundle.networks.teacher import load_weights  # noqa: E402
 
 
@@ -34,6 +36,17 @@ def count_weights(path: Path) -> int:
             if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
         )
     )
+
+
+def pointing_game_chance(datalist: Path) -> float:
+    """Hit rate of a pointer placed uniformly at random: the mean lesion-area fraction of test images with lesions."""
+    reader = MedicalImageReader()
+    fractions = []
+    for item in load_datalist(datalist, "test"):
+        mask = reader.read_file(item["mask"])[0] > 0.5
+        if mask.any():
+            fractions.append(float(mask.mean()))
+    return sum(fractions) / len(fractions) if fractions else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "teacher_params": count_weights(out / "models" / "teacher.pt"),
         "student_params": count_weights(out / "models" / "model.pt"),
         "pointing_game": student.get("pointing_game"),
+        "pointing_game_chance": pointing_game_chance(out / "branch_B" / "datalist.json"),
         "torch": torch.__version__,
     }
     summary["params_ratio"] = summary["student_params"] / summary["teacher_params"]
