@@ -16,16 +16,21 @@ from bundle.networks.medtex import MedTex
 from bundle.networks.teacher import FrozenTeacher
 
 MASK = "mask"
-LOSS_TERMS = ("ce", "kd", "vid", "mask")
+LOSS_TERMS = ("ce", "kd", "vid", "mask", "fidelity")
 
 
 class MedTexTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` whose iteration distils a frozen teacher into ``network`` (a ``MedTex`` module).
 
+    ``network`` may also be a plain classifier without ``explain`` (the transfer baseline that fine-tunes the
+    teacher's architecture): it then sees the whole image, and is its own student for VID.
+
     Per iteration: the teacher runs once under ``torch.inference_mode`` for logits and the configured features;
-    the explainer masks the image and the student classifies the masked image; ``MedTexLoss`` combines the terms.
+    the explainer masks the image and the student classifies the masked image; with a fidelity weight the teacher
+    also classifies the masked image (its weights frozen, gradients flowing to the mask); ``MedTexLoss`` combines
+    the terms.
     ``engine.state.output`` holds ``image``, ``label``, ``pred`` (student logits), ``mask``, ``loss`` (the total,
-    as MONAI's handlers expect) and ``loss_ce``, ``loss_kd``, ``loss_vid``, ``loss_mask``.
+    as MONAI's handlers expect) and ``loss_ce``, ``loss_kd``, ``loss_vid``, ``loss_mask``, ``loss_fidelity``.
     Everything else (AMP, handlers, metrics, events) is MONAI's; only the iteration body is replaced, because
     ``SupervisedTrainer`` computes ``loss_function(pred, label)`` and the MED-TEX loss needs more than that.
 
@@ -41,7 +46,7 @@ class MedTexTrainer(SupervisedTrainer):
         device: str | torch.device,
         max_epochs: int,
         train_data_loader: Any,
-        network: MedTex,
+        network: MedTex | torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         loss_function: MedTexLoss,
         teacher: FrozenTeacher | None = None,
@@ -63,8 +68,10 @@ class MedTexTrainer(SupervisedTrainer):
         use_vid = loss_function.weights["vid"] > 0
         if use_vid and self.teacher is not None and self.teacher.recorder is None:
             raise ValueError("vid_weight > 0 needs teacher feature_layers")
+        # a plain classifier (transfer baseline with the teacher's architecture) is its own student
+        student = getattr(network, "student", network)
         self.student_features = (
-            FeatureRecorder(network.student, student_feature_layers) if use_vid and student_feature_layers else None
+            FeatureRecorder(student, student_feature_layers) if use_vid and student_feature_layers else None
         )
         if use_vid and self.student_features is None:
             raise ValueError("vid_weight > 0 needs student_feature_layers")
@@ -85,12 +92,24 @@ class MedTexTrainer(SupervisedTrainer):
             teacher_features = [f.clone() for f in teacher_features]
 
         def compute_loss() -> dict[str, torch.Tensor]:
-            logits, mask = engine.network.explain(inputs)
+            explain = getattr(engine.network, "explain", None)
+            if callable(explain):
+                logits, mask = explain(inputs)
+            else:  # a plain classifier sees the whole image, as MedTex does without an explainer
+                logits, mask = engine.network(inputs), torch.ones_like(inputs[:, :1])
             engine.state.output[Keys.PRED] = logits
             engine.state.output[MASK] = mask
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             student_features = engine.student_features.features if engine.student_features is not None else []
-            terms = engine.loss_function(logits, targets, teacher_logits, mask, student_features, teacher_features)
+            teacher_masked_logits = None
+            has_explainer = getattr(engine.network, "explainer", None) is not None
+            if engine.loss_function.weights["fidelity"] > 0 and engine.teacher is not None and has_explainer:
+                # after the student's pass, whose features were read above; the teacher's hooks record again.
+                # Without an explainer x' = x and the term is zero: no second teacher pass.
+                teacher_masked_logits = engine.teacher(engine.network.apply_mask(inputs, mask))[0]
+            terms = engine.loss_function(
+                logits, targets, teacher_logits, mask, student_features, teacher_features, teacher_masked_logits
+            )
             engine.state.output[Keys.LOSS] = terms["loss"]
             for name in LOSS_TERMS:
                 engine.state.output[f"loss_{name}"] = terms[name].detach()

@@ -1,0 +1,159 @@
+"""Baseline overrides: every one parses into a full training and evaluation workflow; the transfer baselines start
+from the given weights (and a resumed run from its own checkpoint), and a checkpoint that does not fit stops the run
+with a message naming the file."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.networks.nets import DenseNet121
+
+from bundle.data.demo import generate_demo_data
+from bundle.networks import MedTex, Student
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINES = sorted(p.stem for p in (ROOT / "configs" / "baselines").glob("*.yaml"))
+TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "cache_rate": 0.0, "max_epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    generate_demo_data("fundus", out, n_train=8, n_val=4, n_test=4, n_unlabeled=4, size=32, seed=0, domain="B")
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """A teacher as configs/train_teacher.yaml saves it: MONAI CheckpointSaver's ``{'model': state_dict}``."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save({"model": DenseNet121(spatial_dims=2, in_channels=3, out_channels=5).state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def student_ckpt(tmp_path_factory) -> Path:
+    """A source-domain student as a bare state dict (what configs/baselines/scratch.yaml trains: no explainer)."""
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("student") / "source_student.pt"
+    torch.save(MedTex(Student(in_channels=3, out_channels=5)).state_dict(), path)
+    return path
+
+
+def workflow(configs: list[str], tmp: Path, data: Path, **override) -> ConfigWorkflow:
+    files = [str(ROOT / "configs" / c) for c in configs]
+    where = {"dataset_dir": str(data), "output_dir": str(tmp / "run"), "ckpt_dir": str(tmp / "models")}
+    return ConfigWorkflow(config_file=files, workflow_type="train", **{**TINY, **where, **override})
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("model", state)
+
+
+def assert_same(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k].cpu(), expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+def test_baseline_parses(baseline, tmp_path, data, teacher_ckpt, student_ckpt):
+    init = {"init_ckpt": str(student_ckpt)} if baseline == "transfer_student" else {}
+    configs = ["train.yaml", f"baselines/{baseline}.yaml"]
+    train = workflow(configs, tmp_path, data, teacher_ckpt=str(teacher_ckpt), **init)
+    train.initialize()
+    for key in ("network_def", "train#trainer", "train#dataset", "train#handlers", "validate#evaluator"):
+        assert key in train.parser  # the bundle property IDs of DESIGN.md
+    trainer = train.parser.get_parsed_content("train#trainer")
+    assert trainer.network is train.parser.get_parsed_content("network")
+    # its own places, so that runs of different baselines never resume from or overwrite each other's files
+    own = ConfigParser.load_config_file(ROOT / "configs" / "baselines" / f"{baseline}.yaml")
+    assert own["ckpt_name"] == f"{baseline}.pt" and own["output_dir"].endswith(f"/runs/{baseline}'")
+    evaluate = workflow([*configs, "evaluate.yaml"], tmp_path, data, saliency_metrics=False)
+    evaluate.initialize()
+    assert evaluate.parser.get_parsed_content("validate#evaluator").network is not None
+
+
+def test_unlabeled_images_per_method(tmp_path, data, teacher_ckpt):
+    """MED-TEX distils on the unlabelled images too; its labelled-only variant and the CE-only baselines do not."""
+    used = {}
+    for name, configs in {"medtex": [], **{b: [f"baselines/{b}.yaml"] for b in BASELINES}}.items():
+        wf = workflow(["train.yaml", *configs], tmp_path, data, teacher_ckpt=str(teacher_ckpt))
+        used[name] = len(wf.parser.get_parsed_content("train#dataset")) > 8
+    assert used["medtex"] and not used["medtex_labeled_only"]
+    assert not any(used[b] for b in ("scratch", "transfer_student", "transfer_teacher"))
+
+
+def test_transfer_teacher_fine_tunes_the_teacher_and_resume_wins(tmp_path, data, teacher_ckpt):
+    configs = ["train.yaml", "baselines/transfer_teacher.yaml"]
+    first = workflow(configs, tmp_path, data, teacher_ckpt=str(teacher_ckpt))
+    first.initialize()
+    network = first.parser.get_parsed_content("network")
+    assert isinstance(network, DenseNet121)
+    assert_same(network.state_dict(), weights(teacher_ckpt))  # training starts from the teacher's weights
+    assert first.parser.get_parsed_content("train#trainer").network is network
+    first.run()
+    trained = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    assert not all(torch.equal(trained[k], v) for k, v in weights(teacher_ckpt).items())  # it was fine-tuned
+
+    # started again on the same output_dir (a killed run restarted), the run's own checkpoint wins over init_ckpt
+    second = workflow(configs, tmp_path, data, teacher_ckpt=str(teacher_ckpt), seed=1)  # retraining would differ
+    second.initialize()
+    second.run()
+    assert_same(second.parser.get_parsed_content("network").state_dict(), trained)
+
+    # evaluate.yaml works with the teacher's architecture as network_def (no explainer, no saliency metrics)
+    evaluate = ConfigWorkflow(
+        config_file=[str(ROOT / "configs" / c) for c in [*configs, "evaluate.yaml"]],
+        workflow_type="eval",
+        **TINY,
+        dataset_dir=str(data),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        saliency_metrics=False,
+    )
+    evaluate.initialize()
+    evaluate.run()
+    metrics = {row[0]: float(row[1]) for row in csv.reader(open(tmp_path / "eval" / "metrics.csv"))}
+    assert 0.0 <= metrics["test_auc"] <= 1.0 and "kappa" in metrics
+
+
+def test_transfer_student_starts_from_the_source_student(tmp_path, data, student_ckpt):
+    wf = workflow(["train.yaml", "baselines/transfer_student.yaml"], tmp_path, data, init_ckpt=str(student_ckpt))
+    wf.initialize()
+    network = wf.parser.get_parsed_content("network")
+    assert isinstance(network, MedTex) and network.explainer is None
+    assert_same(network.state_dict(), weights(student_ckpt))
+    assert wf.parser.get_parsed_content("train#trainer").network is network
+
+
+def test_medtex_default_has_no_initial_weights(tmp_path, data, teacher_ckpt):
+    wf = workflow(["train.yaml"], tmp_path, data, teacher_ckpt=str(teacher_ckpt))
+    assert wf.parser.get_parsed_content("init_ckpt") is None
+    wf.initialize()  # no init step effect, no error
+
+
+@pytest.mark.parametrize(
+    "baseline, wrong, expected",
+    [
+        ("transfer_student", "teacher", "unexpected weights in the file"),  # a DenseNet121 into the student
+        ("transfer_teacher", "student", "weights missing from the file"),  # a student into the DenseNet121
+        ("transfer_student", "missing", "initial weights not found"),
+        ("transfer_student", "garbage", "cannot read initial weights"),
+    ],
+)
+def test_wrong_checkpoint_is_a_clear_error(baseline, wrong, expected, tmp_path, data, teacher_ckpt, student_ckpt):
+    path = {"teacher": teacher_ckpt, "student": student_ckpt, "missing": tmp_path / "nope.pt"}.get(wrong)
+    if wrong == "garbage":
+        path = tmp_path / "garbage.pt"
+        path.write_bytes(b"not a checkpoint")
+    wf = workflow(["train.yaml", f"baselines/{baseline}.yaml"], tmp_path, data, init_ckpt=str(path))
+    with pytest.raises(SystemExit) as error:
+        wf.initialize()
+    message = str(error.value)
+    assert str(path) in message and "init_ckpt" in message and expected in message

@@ -1,0 +1,122 @@
+"""scripts/learning_curve.py end to end on tiny data: CSV, figure, tables and report; resuming redoes nothing; a
+failing run is reported without losing the others; other settings on the same output folder are refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import learning_curve  # noqa: E402
+
+SIZES, METHODS, SEEDS = (8, 16), ("scratch", "kd"), (0,)
+N_UNLABELED = 4
+
+
+def arguments(out: Path, *extra: str) -> list[str]:
+    return [
+        *("--task", "fundus", "--sizes", *map(str, SIZES), "--seeds", *map(str, SEEDS)),
+        *("--n-teacher", "16", "--n-unlabeled", str(N_UNLABELED), "--n-val", "8", "--n-test", "16"),
+        *("--image-size", "32", "--epochs", "1", "--teacher-epochs", "1", "--batch-size", "8", "--num-workers", "0"),
+        *("--out", str(out)),
+        *extra,
+    ]
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "scripts/learning_curve.py", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "lc"
+    # a given source student (never read: the transfer_student runs below are simulated), so none is trained
+    source = tmp_path / "source_student.pt"
+    source.write_bytes(b"unused")
+    args = arguments(out, "--source-student-ckpt", str(source))
+    first = run_script(*args, "--methods", *METHODS)
+    assert first.returncode == 0, f"{first.stdout[-3000:]}\n{first.stderr[-5000:]}"
+
+    csv_path = out / "learning_curve_fundus.csv"
+    rows = read_rows(csv_path)
+    assert sorted((r["method"], int(r["n_labeled"]), int(r["seed"])) for r in rows) == sorted(
+        (m, n, s) for m in METHODS for n in SIZES for s in SEEDS
+    )
+    for row in rows:
+        assert 0.0 <= float(row["auc"]) <= 1.0 and 0.0 <= float(row["accuracy"]) <= 1.0
+        assert math.isfinite(float(row["kappa"]))  # fundus grading has a kappa
+        assert (row["task"], row["teacher_domain"], row["student_domain"]) == ("fundus", "A", "B")
+        assert float(row["train_seconds"]) > 0
+        # KD also distils on the rest of the pool and the extra unlabelled images; scratch uses labels only
+        expected = max(SIZES) - int(row["n_labeled"]) + N_UNLABELED if row["method"] == "kd" else 0
+        assert int(row["n_unlabeled"]) == expected
+    # the labelled sets are subsets of the local pool, of the requested sizes, the rest unlabelled
+    local = out / "data" / "fundus_local_B"
+    pool = {item["image"] for item in json.loads((local / "datalist.json").read_text())["training"]}
+    for size in SIZES:
+        datalist = json.loads((local / f"datalist_n{size}_seed0.json").read_text())
+        assert len(datalist["training"]) == size and {i["image"] for i in datalist["training"]} <= pool
+        assert len(datalist["unlabeled"]) == max(SIZES) - size + N_UNLABELED
+        assert not any("label" in item for item in datalist["unlabeled"])
+
+    png = out / "learning_curve_fundus.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    md = (out / "learning_curve_fundus.md").read_text()
+    assert "| method | n = 8 | n = 16 |" in md and "| scratch |" in md and "| kd |" in md
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
+    for row in rows:  # the values appear both in the markdown summary (mean of one seed) and the raw CSV table
+        assert f"{float(row['auc']):.3f} ± 0.000 (1)" in html and row["auc"] in html
+    assert "scripts/learning_curve.py" in html  # the command that made the results
+
+    # started again as it was: every run is finished, so no bundle command runs and the CSV is unchanged
+    def no_command(self, *args, **kwargs):
+        raise AssertionError(f"a finished run ran again: {args}")
+
+    monkeypatch.setattr(learning_curve.Experiment, "bundle", no_command)
+    assert learning_curve.main([*args, "--methods", *METHODS]) == 0
+    assert read_rows(csv_path) == rows
+
+    # extended by a method whose runs crash and a seed whose runs succeed (bundle commands simulated, for time):
+    # the crash is reported and the runs after it still finish; finished runs are not redone, nothing is duplicated
+    calls = []
+
+    def simulated(self, workflow, config, log, *overrides):
+        where = dict(zip(overrides[::2], overrides[1::2]))
+        calls.append((workflow, where["--output_dir"]))
+        if "transfer_student" in config:
+            return False, 0.5
+        if workflow == "evaluating":
+            Path(where["--output_dir"]).mkdir(parents=True)
+            (Path(where["--output_dir"]) / "metrics.csv").write_text("test_auc,0.75\naccuracy,0.5\nkappa,0.25\n")
+        return True, 1.0
+
+    monkeypatch.setattr(learning_curve.Experiment, "bundle", simulated)
+    code = learning_curve.main([*args, "--methods", *METHODS, "transfer_student", "--seeds", "0", "1", "--sizes", "8"])
+    assert code == 1 and "FAILED: transfer_student n8_seed0 (training)" in capsys.readouterr().out
+    assert all("seed0" not in output or "transfer_student" in output for _, output in calls)
+    new = read_rows(csv_path)
+    assert new[: len(rows)] == rows
+    assert sorted((r["method"], r["n_labeled"], r["seed"], r["auc"]) for r in new[len(rows) :]) == [
+        ("kd", "8", "1", "0.75"),
+        ("scratch", "8", "1", "0.75"),
+    ]
+
+    # the same folder with other settings would mix incomparable runs: refused before any work
+    with pytest.raises(SystemExit, match="other settings.*epochs: 1 -> 2"):
+        learning_curve.main([*args, "--methods", *METHODS, "--epochs", "2"])
