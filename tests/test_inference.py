@@ -33,9 +33,7 @@ SMALL = {
     "student#init_features": 8,
     "student#growth_rate": 4,
     "student#block_config": [1, 1, 1, 1],
-    "explainer#channels": [4, 8],
-    "explainer#strides": [2],
-    "explainer#features": 4,
+    "explainer#features": [4, 4, 4, 8, 8, 4],
     "image_size": IMAGE_SIZE,
 }
 STUDY_UID = generate_uid()
@@ -123,8 +121,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def").eval()
     with torch.no_grad():  # a random explainer whose mask spans [0, 1], so that overlays show where it is high
-        network.explainer.head.bias.zero_()
-        network.explainer.head.weight.mul_(40.0)
+        network.explainer.body.final_conv.bias.zero_()
+        network.explainer.body.final_conv.weight.mul_(40.0)
     models.mkdir()
     torch.save(network.state_dict(), models / "model.pt")
     args = ["--input_dir", str(inputs), "--output_dir", str(out), "--ckpt_dir", str(models)]

@@ -13,7 +13,8 @@ from bundle.losses.distillation import KDLoss, MaskPrior, VIDLoss
 
 
 class MedTexLoss(nn.Module):
-    """``a_ce CE(S(x'), y) + a_kd tau^2 KL(T(x) || S(x')) + a_vid sum_l VID(t_l, s_l) + a_m R(M)``.
+    """``a_ce CE(S(x'), y) + a_kd tau^2 KL(T(x) || S(x')) + a_vid sum_l VID(t_l, s_l) + a_m R(M)
+    + a_fid KL(T(x) || T(x'))``.
 
     Every term has a weight; a zero weight skips the term (and, for KD and VID together, the teacher's forward
     pass). CE counts labelled images only (-1 labels are unknown), so unlabelled images train through KD and VID.
@@ -21,6 +22,10 @@ class MedTexLoss(nn.Module):
     Args:
         task: ``multiclass`` or ``multilabel``.
         ce_weight, kd_weight, vid_weight, mask_weight: the weights a_ce, a_kd, a_vid, a_m.
+        fidelity_weight: a_fid, the teacher's fidelity to its own prediction on the masked image (temperature 1).
+            The student adapts to whatever the mask leaves, so KD alone lets the explainer keep any cheap cue;
+            the frozen teacher cannot adapt, so this term makes the mask keep what the teacher itself uses
+            (the preservation objective of real-time saliency, Dabkowski and Gal 2017).
         temperature: KD temperature tau.
         vid: the VID module (regressors and variances) when ``vid_weight > 0``.
         mask_prior: the mask prior R when ``mask_weight > 0``.
@@ -34,6 +39,7 @@ class MedTexLoss(nn.Module):
         vid_weight: float = 0.0,
         mask_weight: float = 0.0,
         temperature: float = 4.0,
+        fidelity_weight: float = 0.0,
         vid: Optional[VIDLoss] = None,
         mask_prior: Optional[MaskPrior] = None,
     ) -> None:
@@ -42,15 +48,22 @@ class MedTexLoss(nn.Module):
             raise ValueError("vid_weight > 0 needs a VIDLoss ('vid')")
         if mask_weight > 0 and mask_prior is None:
             raise ValueError("mask_weight > 0 needs a MaskPrior ('mask_prior')")
-        self.weights = {"ce": ce_weight, "kd": kd_weight, "vid": vid_weight, "mask": mask_weight}
+        self.weights = {
+            "ce": ce_weight,
+            "kd": kd_weight,
+            "vid": vid_weight,
+            "mask": mask_weight,
+            "fidelity": fidelity_weight,
+        }
         self.ce = ClassificationLoss(task)
         self.kd = KDLoss(task, temperature)
+        self.fidelity = KDLoss(task, 1.0)
         self.vid = vid
         self.mask_prior = mask_prior
 
     @property
     def needs_teacher(self) -> bool:
-        return self.weights["kd"] > 0 or self.weights["vid"] > 0
+        return self.weights["kd"] > 0 or self.weights["vid"] > 0 or self.weights["fidelity"] > 0
 
     def forward(
         self,
@@ -60,8 +73,11 @@ class MedTexLoss(nn.Module):
         mask: Optional[torch.Tensor] = None,
         student_features: Sequence[torch.Tensor] = (),
         teacher_features: Sequence[torch.Tensor] = (),
+        teacher_masked_logits: Optional[torch.Tensor] = None,
     ) -> dict[str, torch.Tensor]:
-        """Return ``{"loss": total, "ce": ..., "kd": ..., "vid": ..., "mask": ...}`` (unweighted terms)."""
+        """Return ``{"loss": total, "ce": ..., "kd": ..., "vid": ..., "mask": ..., "fidelity": ...}`` (unweighted
+        terms); ``teacher_masked_logits`` are the teacher's logits on the masked image, with gradients to the mask.
+        """
         zero = student_logits.sum() * 0.0
         terms = {name: zero for name in self.weights}
         if self.weights["ce"] > 0 and label is not None:
@@ -74,5 +90,9 @@ class MedTexLoss(nn.Module):
             terms["vid"] = self.vid(student_features, teacher_features)
         if self.weights["mask"] > 0 and self.mask_prior is not None and mask is not None:
             terms["mask"] = self.mask_prior(mask)
+        if self.weights["fidelity"] > 0 and teacher_masked_logits is not None:
+            if teacher_logits is None:
+                raise ValueError("fidelity_weight > 0 but no teacher logits were given")
+            terms["fidelity"] = self.fidelity(teacher_masked_logits, teacher_logits)
         terms["loss"] = sum(self.weights[name] * terms[name] for name in self.weights)
         return terms

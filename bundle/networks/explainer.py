@@ -5,50 +5,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import UNet
+from monai.networks.nets import BasicUNet
 from torch import nn
 
 
 class Explainer(nn.Module):
-    """A compact MONAI UNet, then a 1x1 convolution and a sigmoid: one mask channel at the input's resolution.
+    """A compact MONAI BasicUNet whose last layer is a 1x1 convolution, then a sigmoid: one mask channel at the
+    input's resolution.
+
+    BasicUNet rather than MONAI's UNet because it can up-sample by interpolation ("nontrainable") instead of
+    transposed convolutions, whose uneven kernel overlap printed a checkerboard into the masks; it also pads
+    sizes that are not multiples of 16 instead of refusing them.
 
     Args:
         in_channels: image channels.
-        channels: UNet channels per level (its depth is ``len(channels)``).
-        strides: UNet down-sampling strides between levels (``len(channels) - 1`` of them).
-        features: channels of the UNet's output before the 1x1 mask head.
-        num_res_units: residual units per UNet block.
-        init_bias: initial bias of the mask head; 0 starts every pixel at 0.5, positive values start with the
-            whole image visible so that the student first learns from full images.
+        features: BasicUNet channels, six numbers: the five encoder levels and the decoder's last level.
+        upsample: BasicUNet up-sampling, ``"nontrainable"`` (interpolation, smooth), ``"deconv"`` or
+            ``"pixelshuffle"``.
+        init_bias: initial bias of the mask's 1x1 convolution; 0 starts every pixel at 0.5, positive values start
+            with the whole image visible so that the student first learns from full images.
     """
 
     def __init__(
         self,
         in_channels: int = 3,
-        channels: Sequence[int] = (16, 32, 64),
-        strides: Sequence[int] = (2, 2),
-        features: int = 8,
-        num_res_units: int = 1,
+        features: Sequence[int] = (8, 8, 16, 32, 64, 8),
+        upsample: str = "nontrainable",
         init_bias: float = 2.0,
     ) -> None:
         super().__init__()
-        self.body = UNet(
-            spatial_dims=2,
-            in_channels=in_channels,
-            out_channels=features,
-            channels=channels,
-            strides=strides,
-            num_res_units=num_res_units,
+        if len(features) != 6:
+            raise ValueError(f"explainer features must be six numbers (BasicUNet), got {list(features)}")
+        self.body = BasicUNet(
+            spatial_dims=2, in_channels=in_channels, out_channels=1, features=tuple(features), upsample=upsample
         )
-        self.head = nn.Conv2d(features, 1, kernel_size=1)
-        nn.init.constant_(self.head.bias, init_bias)  # default (small random) weights keep gradients flowing
-        self.divisor = 1
-        for s in strides:
-            self.divisor *= int(s)
+        # the default (small random) 1x1 weights keep gradients flowing; the bias sets the starting mask
+        nn.init.constant_(self.body.final_conv.bias, init_bias)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Return the mask ``(B, 1, H, W)`` in [0, 1]; H and W must be multiples of the product of the strides."""
-        height, width = image.shape[-2], image.shape[-1]
-        if height % self.divisor != 0 or width % self.divisor != 0:
-            raise ValueError(f"explainer input size {height}x{width} must be a multiple of {self.divisor}")
-        return torch.sigmoid(self.head(torch.relu(self.body(image))))
+        """Return the mask ``(B, 1, H, W)`` in [0, 1]."""
+        return torch.sigmoid(self.body(image))
