@@ -650,7 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.write_metadata()
     done = {row_key(r) for r in read_rows(exp.csv_path)}
     key_of = {"task": args.task, "teacher_domain": args.teacher_domain, "student_domain": args.student_domain}
-    runs = [(m, n, s) for n in args.sizes for s in args.seeds for m in args.methods if m != TEACHER]
+    # seed-major: an interrupted experiment already has whole curves for its first seeds
+    runs = [(m, n, s) for s in args.seeds for n in args.sizes for m in args.methods if m != TEACHER]
     if TEACHER in args.methods:
         runs.insert(0, (TEACHER, 0, args.data_seed))
     todo = [r for r in runs if row_key({**key_of, "method": r[0], "n_labeled": r[1], "seed": r[2]}) not in done]
