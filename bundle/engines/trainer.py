@@ -6,9 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from ignite.metrics import Average, Metric
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.handlers import from_engine
 from monai.utils import CommonKeys as Keys
+from torch.nn.parallel import DistributedDataParallel
 
 from bundle.losses.medtex import MedTexLoss
 from bundle.networks.features import FeatureRecorder
@@ -23,10 +27,14 @@ class MedTexTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` whose iteration distils a frozen teacher into ``network`` (a ``MedTex`` module).
 
     ``network`` may also be a plain classifier without ``explain`` (the transfer baseline that fine-tunes the
-    teacher's architecture): it then sees the whole image, and is its own student for VID.
+    teacher's architecture): it then sees the whole image, and is its own student for VID. It may be wrapped in
+    ``DistributedDataParallel`` (configs/multi_gpu_train.yaml): the forward then goes through the wrapper, which
+    synchronises the network's gradients, and the gradients of the loss's own parameters (VID regressors) are
+    averaged over the processes here.
 
     Per iteration: the teacher runs once under ``torch.inference_mode`` for logits and the configured features;
-    the explainer masks the image and the student classifies the masked image; with a fidelity weight the teacher
+    ``inferer(image, network)`` runs the explainer, which masks the image, and the student, which classifies the
+    masked image (the mask is read by a forward hook on ``network.explainer``); with a fidelity weight the teacher
     also classifies the masked image (its weights frozen, gradients flowing to the mask); ``MedTexLoss`` combines
     the terms.
     ``engine.state.output`` holds ``image``, ``label``, ``pred`` (student logits), ``mask``, ``loss`` (the total,
@@ -68,8 +76,13 @@ class MedTexTrainer(SupervisedTrainer):
         use_vid = loss_function.weights["vid"] > 0
         if use_vid and self.teacher is not None and self.teacher.recorder is None:
             raise ValueError("vid_weight > 0 needs teacher feature_layers")
+        model = unwrap(network)
+        # the explainer's output is the mask: recorded during the forward, which may go through a DDP wrapper
+        self.mask_recorder = (
+            FeatureRecorder(model, ["explainer"]) if getattr(model, "explainer", None) is not None else None
+        )
         # a plain classifier (transfer baseline with the teacher's architecture) is its own student
-        student = getattr(network, "student", network)
+        student = getattr(model, "student", model)
         self.student_features = (
             FeatureRecorder(student, student_feature_layers) if use_vid and student_feature_layers else None
         )
@@ -92,21 +105,22 @@ class MedTexTrainer(SupervisedTrainer):
             teacher_features = [f.clone() for f in teacher_features]
 
         def compute_loss() -> dict[str, torch.Tensor]:
-            explain = getattr(engine.network, "explain", None)
-            if callable(explain):
-                logits, mask = explain(inputs)
-            else:  # a plain classifier sees the whole image, as MedTex does without an explainer
-                logits, mask = engine.network(inputs), torch.ones_like(inputs[:, :1])
+            logits = engine.inferer(inputs, engine.network)
+            if engine.mask_recorder is not None:
+                mask = engine.mask_recorder.features[0]
+                engine.mask_recorder.clear()
+            else:  # a plain classifier, or MedTex without an explainer, sees the whole image
+                mask = torch.ones_like(inputs[:, :1])
             engine.state.output[Keys.PRED] = logits
             engine.state.output[MASK] = mask
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             student_features = engine.student_features.features if engine.student_features is not None else []
             teacher_masked_logits = None
-            has_explainer = getattr(engine.network, "explainer", None) is not None
+            has_explainer = engine.mask_recorder is not None
             if engine.loss_function.weights["fidelity"] > 0 and engine.teacher is not None and has_explainer:
                 # after the student's pass, whose features were read above; the teacher's hooks record again.
                 # Without an explainer x' = x and the term is zero: no second teacher pass.
-                teacher_masked_logits = engine.teacher(engine.network.apply_mask(inputs, mask))[0]
+                teacher_masked_logits = engine.teacher(unwrap(engine.network).apply_mask(inputs, mask))[0]
             terms = engine.loss_function(
                 logits, targets, teacher_logits, mask, student_features, teacher_features, teacher_masked_logits
             )
@@ -122,16 +136,54 @@ class MedTexTrainer(SupervisedTrainer):
             with torch.autocast("cuda", **engine.amp_kwargs):
                 terms = compute_loss()
             engine.scaler.scale(terms["loss"]).backward()
+            engine.average_loss_gradients()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.scaler.step(engine.optimizer)
             engine.scaler.update()
         else:
             terms = compute_loss()
             terms["loss"].backward()
+            engine.average_loss_gradients()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def average_loss_gradients(self) -> None:
+        """Average the gradients of the loss's parameters (VID regressors) over the processes of a DDP run.
+
+        DDP synchronises only the wrapped network's gradients; the loss is not a module DDP could wrap (it has no
+        parameters when VID is off, and its weights are read as attributes), so its few gradients are averaged here.
+        Every process runs the same code path, so the same gradients exist everywhere.
+        """
+        if not isinstance(self.network, DistributedDataParallel) or not dist.is_initialized():
+            return
+        world_size = dist.get_world_size()
+        for parameter in self.loss_function.parameters():
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad)
+                parameter.grad.div_(world_size)
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` or ``DataParallel`` wrapper, else ``network`` itself."""
+    wrappers = (DistributedDataParallel, torch.nn.DataParallel)
+    return network.module if isinstance(network, wrappers) else network
+
+
+def loss_term_metrics() -> dict[str, Metric]:
+    """Ignite metrics for the trainer: the epoch mean of the total loss and of each term, as ``epoch_loss``,
+    ``epoch_loss_ce`` ... in ``engine.state.metrics`` (averaged over processes in DDP runs), where every
+    epoch-level logger finds them: StatsHandler, TensorBoard, and MLflow (``--tracking mlflow``). The first is the
+    trainer's key metric (``train#key_metric``).
+    """
+    keys = (Keys.LOSS,) + tuple(f"loss_{name}" for name in LOSS_TERMS)
+    return {f"epoch_{key}": Average(output_transform=from_engine([key], first=True)) for key in keys}
+
+
+def lower_is_better(current: float, best: float) -> bool:
+    """``metric_cmp_fn`` for a loss as the key metric (MONAI's default counts higher values as better)."""
+    return current < best
 
 
 def loss_terms(output: Any) -> dict[str, float]:

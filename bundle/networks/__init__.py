@@ -2,8 +2,17 @@
 
 from bundle.networks.explainer import Explainer
 from bundle.networks.features import FeatureRecorder, feature_channels
-from bundle.networks.medtex import MedTex
+from bundle.networks.medtex import ExplainingMedTex, MedTex
 from bundle.networks.student import Student
 from bundle.networks.teacher import FrozenTeacher, load_weights
 
-__all__ = ["Explainer", "FeatureRecorder", "feature_channels", "FrozenTeacher", "MedTex", "Student", "load_weights"]
+__all__ = [
+    "Explainer",
+    "ExplainingMedTex",
+    "FeatureRecorder",
+    "feature_channels",
+    "FrozenTeacher",
+    "MedTex",
+    "Student",
+    "load_weights",
+]

@@ -65,6 +65,16 @@ class MedTex(nn.Module):
         return mask * image
 
 
+class ExplainingMedTex(MedTex):
+    """``MedTex`` whose ``forward`` returns both outputs, ``(logits, mask)``: for exporters that only trace ``forward``
+    (ONNX). Same submodules and state dict keys as ``MedTex``, so ``models/model.pt`` loads into either.
+    """
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        """Class logits ``(B, num_classes)`` and the saliency mask ``(B, 1, H, W)`` in [0, 1]."""
+        return self.explain(image)
+
+
 class GaussianBlur(nn.Module):
     """Separable Gaussian blur with reflect padding (MONAI's ``GaussianFilter`` does not compile to TorchScript)."""
 

@@ -1,0 +1,188 @@
+"""MONAI's own bundle checks, as the Model Zoo runs them: ``verify_net_in_out`` and ``ckpt_export`` from the
+repository root, and every workflow config through ``ConfigWorkflow`` with its properties checked, on tiny demo
+data and weights written here (never into models/)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+from monai.data import load_net_with_metadata
+from monai.inferers import SimpleInferer
+from monai.networks.nets import DenseNet121
+
+from bundle.data.demo import generate_demo_data
+from bundle.networks import MedTex
+from bundle.networks.teacher import load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+META = json.loads((CONFIGS / "metadata.json").read_text())
+TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "device": "cpu", "amp": False}
+
+
+def monai_bundle(*args: str) -> str:
+    """``python -m monai.bundle ARGS`` from the repository root, as a user runs it; its output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result.stdout + result.stderr
+
+
+def inference_network() -> MedTex:
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.yaml"))
+    return parser.get_parsed_content("network_def")
+
+
+@pytest.fixture(scope="module")
+def model_ckpt(tmp_path_factory) -> Path:
+    """Random explainer + student weights as training saves them, with a mask spanning (0, 1)."""
+    torch.manual_seed(0)
+    network = inference_network()
+    with torch.no_grad():
+        network.explainer.body.final_conv.bias.zero_()
+        network.explainer.body.final_conv.weight.mul_(20.0)
+    path = tmp_path_factory.mktemp("models") / "model.pt"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    generate_demo_data("fundus", out, n_train=8, n_val=4, n_test=4, n_unlabeled=4, size=32, seed=0, domain="B")
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save({"model": DenseNet121(spatial_dims=2, in_channels=3, out_channels=5).state_dict()}, path)
+    return path
+
+
+def test_verify_net_in_out_from_the_repository_root():
+    log = monai_bundle(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.yaml",
+    )
+    assert "data shape of network is verified with no error" in log
+    with pytest.raises(ValueError, match="output channel number"):  # the check compares with the metadata
+        verify_net_in_out(
+            net_id="network_def",
+            meta_file=str(CONFIGS / "metadata.json"),
+            config_file=str(CONFIGS / "inference.yaml"),
+            device="cpu",
+            **{"_meta_#network_data_format#outputs#pred#num_channels": 4},
+        )
+
+
+def test_ckpt_export_torchscript_gives_the_eager_logits_and_masks(tmp_path, model_ckpt):
+    exported = tmp_path / "model.ts"
+    monai_bundle(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(exported),
+        "--ckpt_file",
+        str(model_ckpt),
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.yaml",
+    )
+    scripted, meta, extra = load_net_with_metadata(str(exported), more_extra_files=("inference.json",))
+    assert isinstance(scripted, torch.jit.ScriptModule)  # scripted, not traced: explain() is exported too
+    assert meta["version"] == META["version"] and meta["network_data_format"] == META["network_data_format"]
+    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "bundle.networks.MedTex"
+
+    eager = inference_network().eval()
+    eager.load_state_dict(load_weights(model_ckpt))
+    torch.manual_seed(2)
+    for shape in [(2, 3, 224, 224), (1, 3, 96, 128)]:
+        image = torch.randn(shape)
+        with torch.no_grad():
+            logits, mask = eager.explain(image)
+            ts_logits, ts_mask = scripted.explain(image)
+            torch.testing.assert_close(scripted(image), logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ts_logits, logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ts_mask, mask, rtol=1e-4, atol=1e-5)
+        assert mask.shape == (shape[0], 1, *shape[2:]) and mask.min() < 0.3 and mask.max() > 0.7
+
+
+def workflow(configs: list[str], workflow_type: str, **override) -> ConfigWorkflow:
+    """Model Zoo unit-test style: initialise, check the properties, run, finalise."""
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / c) for c in configs],
+        workflow_type=workflow_type,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        **override,
+    )
+    wf.initialize()
+    missing = wf.check_properties()
+    assert missing == [], f"{configs}: missing or wrongly referenced properties {missing}"
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def test_train_teacher_workflow_properties(tmp_path, data):
+    where = {"dataset_dir": str(data), "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models")}
+    wf = workflow(["train_teacher.yaml"], "train", **TINY, **where, max_epochs=1, cache_rate=0.0)
+    assert isinstance(wf.train_inferer, SimpleInferer) and wf.trainer.inferer is wf.train_inferer
+    assert wf.trainer.state.epoch == 1 and (tmp_path / "models" / "teacher.pt").is_file()
+
+
+def test_train_workflow_properties(tmp_path, data, teacher_ckpt):
+    where = {"dataset_dir": str(data), "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models")}
+    wf = workflow(
+        ["train.yaml"], "train", **TINY, **where, max_epochs=1, cache_rate=0.0, teacher_ckpt=str(teacher_ckpt)
+    )
+    assert isinstance(wf.train_inferer, SimpleInferer) and wf.trainer.inferer is wf.train_inferer
+    assert wf.train_preprocessing is wf.train_dataset.transform and wf.network_def is wf.trainer.network
+    assert wf.val_preprocessing is wf.parser.get_parsed_content("preprocessing")
+    # the epoch mean of every loss term is a trainer metric, the total loss the key metric (lower is better)
+    metrics = wf.trainer.state.metrics
+    assert wf.trainer.state.key_metric_name == "epoch_loss"
+    for term in ("loss", "loss_ce", "loss_kd", "loss_vid", "loss_mask", "loss_fidelity"):
+        assert f"epoch_{term}" in metrics
+    assert metrics["epoch_loss"] > 0 and metrics["epoch_loss_ce"] > 0 and metrics["epoch_loss_kd"] >= 0
+    assert wf.trainer.metric_cmp_fn(1.0, 2.0) and not wf.trainer.metric_cmp_fn(2.0, 1.0)
+    state = load_weights(tmp_path / "models" / "model.pt")
+    network = inference_network()
+    network.load_state_dict(state)  # what training saved loads into the inference config's network_def
+
+
+def test_evaluate_workflow_properties(tmp_path, data, model_ckpt):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(model_ckpt.read_bytes())
+    where = {"dataset_dir": str(data), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")}
+    # evaluate.yaml overrides train.yaml, so the workflow is a "train" one, as in the Model Zoo's tests
+    workflow(["train.yaml", "evaluate.yaml"], "train", **TINY, **where, cache_rate=0.0)
+    with open(tmp_path / "eval" / "metrics.csv") as f:
+        metrics = {row[0]: float(row[1]) for row in csv.reader(f)}
+    assert {"test_auc", "accuracy", "kappa", "pointing_game"} <= set(metrics)
+
+
+def test_inference_workflow_properties(tmp_path, data, model_ckpt):
+    where = {"dataset_dir": str(data), "output_dir": str(tmp_path / "out"), "ckpt_dir": str(model_ckpt.parent)}
+    wf = workflow(["inference.yaml"], "infer", **TINY, **where)
+    assert isinstance(wf.inferer, SimpleInferer) and wf.evaluator.inferer is wf.inferer
+    with open(tmp_path / "out" / "predictions.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(wf.dataset) == 4
