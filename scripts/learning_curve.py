@@ -145,6 +145,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=Path("out/learning_curve"), help="output folder (default out/learning_curve)"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table, plot and report from the runs already in the CSV and run nothing (partial results)",
+    )
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or min(args.epochs, args.teacher_epochs, args.n_teacher, args.n_val, args.n_test) < 1:
         parser.error("sizes, epochs and image counts must be positive")
@@ -657,7 +662,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [r for r in runs if row_key({**key_of, "method": r[0], "n_labeled": r[1], "seed": r[2]}) not in done]
     _say(f"{len(runs)} runs, {len(runs) - len(todo)} already finished in {exp.csv_path}")
 
-    if todo:
+    if todo and args.report_only:
+        _say(f"--report-only: the {len(todo)} runs not done yet are left out")
+    elif todo:
         needs_source = any(m == "transfer_student" for m, _, _ in todo) and args.source_student_ckpt is None
         needs_teacher = any(m != "scratch" and m != "transfer_student" for m, _, _ in todo)
         exp.make_data(teacher_site=(needs_teacher and args.teacher_ckpt is None) or needs_source)

@@ -91,6 +91,10 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(learning_curve.Experiment, "bundle", no_command)
     assert learning_curve.main([*args, "--methods", *METHODS]) == 0
     assert read_rows(csv_path) == rows
+    # --report-only with runs still to do (another seed) runs nothing and reports the finished ones
+    (out / "learning_curve_fundus.md").unlink()
+    assert learning_curve.main([*args, "--methods", *METHODS, "--seeds", "0", "7", "--report-only"]) == 0
+    assert read_rows(csv_path) == rows and (out / "learning_curve_fundus.md").is_file()
 
     # extended by a method whose runs crash and a seed whose runs succeed (bundle commands simulated, for time):
     # the crash is reported and the runs after it still finish; finished runs are not redone, nothing is duplicated
