@@ -46,6 +46,7 @@ from bundle.data.datalist import ITEM_LIST_KEYS, load_datalist  # noqa: E402
 from bundle.explain import SALIENCY_METHODS, make_saliency, saliency_scores  # noqa: E402
 from bundle.explain.faithfulness import SUBSTRATES  # noqa: E402
 from bundle.networks.teacher import FrozenTeacher, load_weights  # noqa: E402
+from bundle.report import write_html_report  # noqa: E402
 
 RANDOM = "random"  # reference row: a uniformly random map (what chance gives on every measure)
 METRICS = ("deletion_auc", "insertion_auc", "fidelity", "pointing_game", "iou", "auprc")
@@ -307,9 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(args.out / f"{stem}.csv", rows)
     write_markdown(args.out / f"{stem}.md", rows, setting)
     write_grid(args.out / f"{stem}.png", images[: args.n_grid], masks[: args.n_grid], grid_maps)
+    report = write_html_report(args.out, args.out / "report.html", f"Saliency methods: {args.task_name}")
     print(setting)
     for suffix, what in ((".csv", "table"), (".md", "markdown table"), (".png", "map grid")):
         print(f"{what}: {(args.out / stem).resolve()}{suffix}")
+    print(f"report (one HTML file, images embedded): {report.resolve()}")
     return 0
 
 

@@ -91,3 +91,5 @@ def test_compare_saliency_writes_every_method_with_valid_scores(tmp_path, task):
     assert grid.size[0] > grid.size[1]  # 3 rows of images, 2 + 7 columns
     for suffix in (".csv", ".md", ".png"):
         assert f"saliency_{task}{suffix}" in result.stdout
+    html = (out / "report.html").read_text()  # one file for people: the table and the grid embedded
+    assert "data:image/png;base64," in html and all(method in html for method in rows)
