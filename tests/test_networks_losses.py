@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from bundle.losses import KDLoss, MaskPrior, MedTexLoss, VIDLoss
 from bundle.networks import Explainer, FeatureRecorder, FrozenTeacher, MedTex, Student
-from bundle.networks.teacher import count_parameters
+from bundle.networks.teacher import count_parameters, load_weights
 
 
 # --- losses -------------------------------------------------------------------------------------------------------
@@ -211,3 +212,27 @@ def test_missing_teacher_checkpoint_names_the_config_value_and_command(tmp_path)
 def test_feature_recorder_names_unknown_layers():
     with pytest.raises(ValueError, match=r"layers \['features.nope'\] not found"):
         FeatureRecorder(Student(3, 2), ["features.nope"])
+
+
+class _RunsCodeWhenUnpickled:
+    """What a malicious checkpoint carries: unpickling it would call ``Path.touch`` on a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_with_pickled_objects_is_refused_without_running_them(tmp_path):
+    marker = tmp_path / "code_ran"
+    weights = Student(in_channels=1, out_channels=2, init_features=8, growth_rate=4, block_config=(1, 1)).state_dict()
+    evil = tmp_path / "teacher.pt"
+    torch.save({"model": weights, "extra": _RunsCodeWhenUnpickled(marker)}, evil)
+    with pytest.raises(ValueError, match=r"teacher\.pt: refused: it holds pickled Python objects"):
+        load_weights(evil)
+    with pytest.raises(ValueError, match="refused"):
+        FrozenTeacher(evil, Student(in_channels=1, out_channels=2, init_features=8, growth_rate=4, block_config=(1, 1)))
+    assert not marker.exists()  # nothing in the file ran
+    torch.load(evil, weights_only=False)  # the same file unpickled without the guard does run its code
+    assert marker.exists()

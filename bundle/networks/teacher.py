@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +28,18 @@ def is_torchscript(path: str | os.PathLike) -> bool:
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict saved directly or inside a checkpoint dict, with ``weights_only=True`` (no code runs)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Read a state dict saved directly or inside a checkpoint dict, with ``weights_only=True`` (no code runs).
+
+    A file that pickles anything but tensors and plain containers (which could run code when unpickled) is refused
+    with a ``ValueError`` naming the file, instead of torch's long unpickling message.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path}: refused: it holds pickled Python objects, not only weights, and loading it could run code. "
+            "Save a plain state dict (torch.save(model.state_dict(), path)) from a source you trust."
+        ) from e
     if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
         for key in _WEIGHT_KEYS:
             if key in state and isinstance(state[key], dict):
