@@ -85,8 +85,8 @@ def test_train_evaluate_infer(tmp_path, task, override, n_classes):
         "--output_dir",
         str(tmp_path / "run"),
     )
-    for term in ("loss_ce", "loss_kd", "loss_vid", "loss_mask"):
-        assert term in log  # each loss term is logged
+    for term in ("loss_ce", "loss_kd", "loss_vid", "loss_mask", "loss_fidelity"):
+        assert term in log  # each loss term is logged (teacher fidelity is on by default)
     weights = load_weights(models / "model.pt")
     assert any(k.startswith("explainer.") for k in weights) and any(k.startswith("student.") for k in weights)
 
