@@ -12,28 +12,11 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.nets import DenseNet121
 
-from bundle.data.demo import generate_demo_data
 from bundle.networks import MedTex, Student
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = sorted(p.stem for p in (ROOT / "configs" / "baselines").glob("*.yaml"))
 TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "cache_rate": 0.0, "max_epochs": 1}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data")
-    generate_demo_data("fundus", out, n_train=8, n_val=4, n_test=4, n_unlabeled=4, size=32, seed=0, domain="B")
-    return out
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory) -> Path:
-    """A teacher as configs/train_teacher.yaml saves it: MONAI CheckpointSaver's ``{'model': state_dict}``."""
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    torch.save({"model": DenseNet121(spatial_dims=2, in_channels=3, out_channels=5).state_dict()}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+from monai.bundle import ConfigWorkflow, verify_net_in_out
 from monai.data import load_net_with_metadata
 from monai.inferers import SimpleInferer
-from monai.networks.nets import DenseNet121
 
-from bundle.data.demo import generate_demo_data
-from bundle.networks import MedTex
 from bundle.networks.teacher import load_weights
+from tests.conftest import inference_network
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -36,40 +34,6 @@ def monai_bundle(*args: str) -> str:
     )
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result.stdout + result.stderr
-
-
-def inference_network() -> MedTex:
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.yaml"))
-    return parser.get_parsed_content("network_def")
-
-
-@pytest.fixture(scope="module")
-def model_ckpt(tmp_path_factory) -> Path:
-    """Random explainer + student weights as training saves them, with a mask spanning (0, 1)."""
-    torch.manual_seed(0)
-    network = inference_network()
-    with torch.no_grad():
-        network.explainer.body.final_conv.bias.zero_()
-        network.explainer.body.final_conv.weight.mul_(20.0)
-    path = tmp_path_factory.mktemp("models") / "model.pt"
-    torch.save(network.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data")
-    generate_demo_data("fundus", out, n_train=8, n_val=4, n_test=4, n_unlabeled=4, size=32, seed=0, domain="B")
-    return out
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    torch.save({"model": DenseNet121(spatial_dims=2, in_channels=3, out_channels=5).state_dict()}, path)
-    return path
 
 
 def test_verify_net_in_out_from_the_repository_root():

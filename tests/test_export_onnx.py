@@ -13,29 +13,11 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from monai.bundle import ConfigParser
+
+from tests.conftest import inference_network
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64
-
-
-def network_def() -> torch.nn.Module:
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.yaml"))
-    return parser.get_parsed_content("network_def")
-
-
-@pytest.fixture(scope="module")
-def model_ckpt(tmp_path_factory) -> Path:
-    """Random weights with a mask spanning (0, 1), saved as training saves them."""
-    torch.manual_seed(0)
-    network = network_def()
-    with torch.no_grad():
-        network.explainer.body.final_conv.bias.zero_()
-        network.explainer.body.final_conv.weight.mul_(20.0)
-    path = tmp_path_factory.mktemp("models") / "model.pt"
-    torch.save(network.state_dict(), path)
-    return path
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
@@ -56,7 +38,7 @@ def test_onnxruntime_gives_the_eager_logits_and_masks(tmp_path, model_ckpt, expo
         assert dims[0].dim_param and not dims[0].HasField("dim_value"), value.name
         assert all(d.HasField("dim_value") for d in dims[1:]), value.name
 
-    eager = network_def().eval()
+    eager = inference_network().eval()
     eager.load_state_dict(torch.load(model_ckpt, weights_only=True))
     session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)

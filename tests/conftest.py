@@ -1,0 +1,52 @@
+"""Fixtures shared by the bundle-level tests: tiny demo data and random checkpoints saved as training saves them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.networks.nets import DenseNet121
+
+from bundle.data.demo import generate_demo_data
+from bundle.networks import MedTex
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def inference_network() -> MedTex:
+    """``network_def`` of configs/inference.yaml: the deployed explainer + student."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.yaml"))
+    return parser.get_parsed_content("network_def")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A tiny camera-B fundus demo set at 32 px with every split, unlabelled images included."""
+    out = tmp_path_factory.mktemp("data")
+    generate_demo_data("fundus", out, n_train=8, n_val=4, n_test=4, n_unlabeled=4, size=32, seed=0, domain="B")
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """A teacher as configs/train_teacher.yaml saves it: MONAI CheckpointSaver's ``{'model': state_dict}``."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save({"model": DenseNet121(spatial_dims=2, in_channels=3, out_channels=5).state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_ckpt(tmp_path_factory) -> Path:
+    """Random explainer + student weights as training saves them, with a mask spanning (0, 1)."""
+    torch.manual_seed(0)
+    network = inference_network()
+    with torch.no_grad():
+        network.explainer.body.final_conv.bias.zero_()
+        network.explainer.body.final_conv.weight.mul_(20.0)
+    path = tmp_path_factory.mktemp("models") / "model.pt"
+    torch.save(network.state_dict(), path)
+    return path
