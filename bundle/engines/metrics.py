@@ -24,6 +24,9 @@ class ROCAUCKnownLabelsMetric(ROCAUCMetric):
         y_pred, y = self.get_buffer()
         if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise ValueError("y_pred and y must be PyTorch Tensor.")
+        # one device and full precision: under CUDA + AMP the buffers can hold fp16 predictions on the GPU beside
+        # labels on the CPU, which MONAI's compute_roc_auc indexes together
+        y_pred, y = y_pred.detach().float().cpu(), y.detach().cpu()
         average = Average(average or self.average)
         if y.ndim < 2 or average not in (Average.MACRO, Average.NONE):
             if bool((y < 0).any()):

@@ -1,0 +1,100 @@
+"""The CUDA path: automatic mixed precision, channels_last, metrics of GPU outputs, NCCL. Skipped without a GPU (CI
+has none); run on a GPU machine with ``python -m pytest tests/test_cuda.py`` (docs/PERFORMANCE.md says when it last
+ran there and what it found)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from bundle.engines.metrics import ROCAUCKnownLabelsMetric
+from bundle.networks.teacher import load_weights
+from tests.conftest import inference_network
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "max_epochs": 2}
+
+
+def test_auc_of_half_precision_gpu_predictions_and_cpu_labels_is_the_cpu_auc():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.nn.functional.one_hot(torch.arange(40) % 5, 5).float()
+    scores = labels * 0.5 + torch.rand(40, 5, generator=generator)
+    on_cpu, mixed = ROCAUCKnownLabelsMetric(), ROCAUCKnownLabelsMetric()
+    on_cpu(scores, labels)
+    mixed(scores.half().cuda(), labels)  # what an AMP evaluator can hand the metric
+    assert 0.6 < on_cpu.aggregate() and mixed.aggregate() == pytest.approx(on_cpu.aggregate(), abs=2e-3)
+
+
+def test_medtex_training_runs_with_amp_and_channels_last_on_the_gpu(data, teacher_ckpt, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    parser.update({**TINY, "dataset_dir": str(data), "teacher_ckpt": str(teacher_ckpt)})
+    parser.update({"output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models")})
+    parser.parse()
+    assert parser.get_parsed_content("amp") is True and parser.get_parsed_content("channels_last") is True
+    network = parser.get_parsed_content("network")
+    conv = network.student.features.conv0.weight
+    assert conv.is_cuda and conv.is_contiguous(memory_format=torch.channels_last)
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.run()
+
+    assert trainer.state.epoch == 2 and trainer.scaler is not None  # gradient scaling: AMP was on
+    for term in ("loss", "loss_ce", "loss_kd", "loss_vid", "loss_mask", "loss_fidelity"):
+        assert torch.isfinite(torch.as_tensor(trainer.state.output[0][term])).all(), term
+    validator = parser.get_parsed_content("validate#evaluator")
+    assert 0.0 <= validator.state.metrics["val_auc"] <= 1.0
+
+    # the saved weights load into the CPU network_def and give the GPU's fp32 answers
+    cpu_network = inference_network().eval()
+    cpu_network.load_state_dict(load_weights(tmp_path / "models" / "model.pt"))
+    image = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cpu_logits, cpu_mask = cpu_network.explain(image)
+        gpu_logits, gpu_mask = network.eval().explain(image.cuda())
+    # cuDNN convolutions use TF32 by default: agreement to about 1e-3, not to fp32 rounding (seen on an H100)
+    assert torch.allclose(cpu_logits, gpu_logits.float().cpu(), atol=5e-3, rtol=1e-2)
+    assert torch.allclose(cpu_mask, gpu_mask.float().cpu(), atol=5e-3, rtol=1e-2)
+
+
+def test_teacher_training_and_inference_run_on_the_gpu(data, model_ckpt, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    teacher = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train_teacher.yaml"]
+    teacher += ["--dataset_dir", str(data), "--output_dir", str(tmp_path / "teacher"), "--ckpt_dir", str(tmp_path)]
+    teacher += [arg for key, value in TINY.items() for arg in (f"--{key}", str(value))]
+    result = subprocess.run(teacher, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "val_auc" in result.stderr + result.stdout and (tmp_path / "teacher.pt").is_file()
+
+    inference = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml"]
+    inference += ["--input_dir", str(data / "images"), "--output_dir", str(tmp_path / "inference")]
+    inference += ["--ckpt_dir", str(model_ckpt.parent), "--image_size", "32"]
+    result = subprocess.run(inference, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = (tmp_path / "inference" / "predictions.csv").read_text().splitlines()
+    assert len(rows) - 1 == len(list((data / "images").glob("*.png")))
+
+
+def test_ddp_training_with_nccl(data, teacher_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "multi_gpu_train.yaml")])
+    assert parser.get_parsed_content("dist_backend") == "nccl"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=1"]
+    command += ["-m", "monai.bundle", "run", "training"]
+    command += ["--config_file", "['configs/train.yaml','configs/multi_gpu_train.yaml']"]
+    command += ["--dataset_dir", str(data), "--teacher_ckpt", str(teacher_ckpt)]
+    command += ["--output_dir", str(tmp_path / "run"), "--ckpt_dir", str(tmp_path / "models")]
+    command += [arg for key, value in TINY.items() for arg in (f"--{key}", str(value))]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
