@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from bundle.losses import KDLoss, MaskPrior, MedTexLoss, VIDLoss
 from bundle.networks import Explainer, FeatureRecorder, FrozenTeacher, MedTex, Student
-from bundle.networks.teacher import count_parameters, load_weights
+from bundle.networks.teacher import count_parameters, load_weights, native_bf16
 
 
 # --- losses -------------------------------------------------------------------------------------------------------
@@ -190,15 +191,37 @@ def test_teacher_loads_state_dict_bundle_checkpoint_and_torchscript(tmp_path):
     layers = ["features.denseblock1", "features.denseblock2"]
     for name in ("state.pt", "bundle.pt"):
         fresh = Student(in_channels=1, out_channels=3, init_features=8, growth_rate=4, block_config=(1, 1))
-        teacher = FrozenTeacher(tmp_path / name, fresh, feature_layers=layers)
+        teacher = FrozenTeacher(tmp_path / name, fresh, feature_layers=layers, bf16=False)
         teacher.train()  # stays in eval mode
         logits, features = teacher(image)
         torch.testing.assert_close(logits, expected)
         assert [f.shape[-1] for f in features] == [8, 4] and not teacher.network.training
         assert not any(p.requires_grad for p in teacher.parameters())
-    logits, features = FrozenTeacher(tmp_path / "scripted.ts")(image)
+    logits, features = FrozenTeacher(tmp_path / "scripted.ts", bf16=False)(image)
     torch.testing.assert_close(logits, expected)
     assert features == []
+
+
+def test_teacher_in_bfloat16_gives_float32_outputs_close_to_float32(tmp_path):
+    torch.manual_seed(0)
+    net = Student(in_channels=3, out_channels=5, init_features=8, growth_rate=4, block_config=(2, 2)).eval()
+    torch.save(net.state_dict(), tmp_path / "state.pt")
+    torch.jit.script(net).save(str(tmp_path / "scripted.ts"))
+    image = torch.rand(4, 3, 32, 32)
+    layers = ["features.denseblock1"]
+    fp32 = FrozenTeacher(tmp_path / "state.pt", copy.deepcopy(net), feature_layers=layers, bf16=False)
+    bf16 = FrozenTeacher(tmp_path / "state.pt", copy.deepcopy(net), feature_layers=layers, bf16=True)
+    (exact, (exact_feature,)), (low, (low_feature,)) = fp32(image), bf16(image)
+    assert low.dtype == low_feature.dtype == torch.float32
+    assert not torch.equal(low, exact)  # bfloat16 ran: its 8-bit mantissa rounds the logits
+    torch.testing.assert_close(low, exact, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(low_feature, exact_feature, atol=0.05, rtol=0.05)
+    scripted, _ = FrozenTeacher(tmp_path / "scripted.ts", bf16=True)(image)
+    torch.testing.assert_close(scripted.float(), exact, atol=0.05, rtol=0.05)
+    auto = FrozenTeacher(tmp_path / "state.pt", copy.deepcopy(net), bf16="auto")(image)[0]
+    assert torch.equal(auto, low if native_bf16("cpu") else exact)
+    with pytest.raises(ValueError, match="bf16 must be"):
+        FrozenTeacher(tmp_path / "state.pt", copy.deepcopy(net), bf16="fast")
 
 
 def test_missing_teacher_checkpoint_names_the_config_value_and_command(tmp_path):

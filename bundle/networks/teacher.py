@@ -76,6 +76,8 @@ class FrozenTeacher(nn.Module):
         network: the architecture for state dicts and checkpoints (ignored for TorchScript).
         feature_layers: names of layers (from ``named_modules()``) whose outputs feed VID; recorded by forward
             hooks during the same forward pass that gives the logits.
+        bf16: run the teacher's passes under bfloat16 autocast (outputs stay float32): ``True``, ``False``, or
+            ``"auto"`` (where the device has native bfloat16, ``native_bf16``).
     """
 
     def __init__(
@@ -83,8 +85,12 @@ class FrozenTeacher(nn.Module):
         checkpoint: str | os.PathLike,
         network: Optional[nn.Module] = None,
         feature_layers: Sequence[str] = (),
+        bf16: bool | str = "auto",
     ) -> None:
         super().__init__()
+        if bf16 not in (True, False, "auto"):
+            raise ValueError(f"bf16 must be true, false or 'auto', not {bf16!r}")
+        self.bf16 = bf16
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(_missing_teacher_message(path))
@@ -109,12 +115,30 @@ class FrozenTeacher(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits ``(B, num_classes)`` and the configured layers' outputs, from one forward pass."""
-        logits = self.network(image)
+        device_type = image.device.type
+        low_precision = self.bf16 is True or (self.bf16 == "auto" and native_bf16(device_type))
+        # a frozen teacher only supplies targets: bfloat16 keeps its softmax at T=4 within ~0.003 of fp32 and makes
+        # its passes ~1.3x faster where the hardware has bfloat16 units (docs/PERFORMANCE.md)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=low_precision):
+            logits = self.network(image)
         features = self.recorder.features if self.recorder is not None else []
+        if low_precision:
+            logits, features = logits.float(), [f.float() for f in features]
         return logits, features
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether bfloat16 runs natively, hence faster than fp32, on this kind of device (CUDA Ampere and later; CPUs
+    with AVX512-BF16 or AMX, as oneDNN reports)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check()) if check is not None else False
+    return False
 
 
 def count_parameters(module: Any) -> int:
