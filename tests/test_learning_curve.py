@@ -111,7 +111,9 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
         return True, 1.0
 
     monkeypatch.setattr(learning_curve.Experiment, "bundle", simulated)
-    code = learning_curve.main([*args, "--methods", *METHODS, "transfer_student", "--seeds", "0", "1", "--sizes", "8"])
+    # (two runs at a time: the rows still arrive once each, failures are still reported)
+    extend = [*args, "--methods", *METHODS, "transfer_student", "--seeds", "0", "1", "--sizes", "8", "--jobs", "2"]
+    code = learning_curve.main(extend)
     assert code == 1 and "FAILED: transfer_student n8_seed0 (training)" in capsys.readouterr().out
     assert all("seed0" not in output or "transfer_student" in output for _, output in calls)
     new = read_rows(csv_path)
