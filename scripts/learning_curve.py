@@ -200,6 +200,7 @@ class Experiment:
             else self.work["models"] / "source_student" / "source_student.pt"
         )
         self.failures: list[str] = []
+        self.argv: list[str] = []  # the command-line arguments, for the provenance record
 
     # --- settings and provenance --------------------------------------------------------------------------------
 
@@ -240,15 +241,22 @@ class Experiment:
             )
         return pool
 
-    def write_metadata(self) -> None:
+    def write_metadata(self, report_only: bool = False) -> None:
+        """Settings and provenance of the runs: the machine, command and code that trained them. ``report_only``
+        (tables and plot remade elsewhere, nothing trained) keeps the training machine's record."""
         previous = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
         now = datetime.now().astimezone().isoformat(timespec="seconds")
+        command = command_line([Path(sys.executable).name, "scripts/learning_curve.py", *self.argv])
+        if report_only and previous:
+            self.meta_path.write_text(json.dumps({**previous, "reported": now, "report_command": command}, indent=2))
+            return
         meta = {
             "created": previous.get("created", now),
             "updated": now,
             "host": platform.node(),
+            "device": _device_name(),
             "cwd": os.getcwd(),
-            "command": command_line([Path(sys.executable).name, *sys.argv]),
+            "command": command,
             "git_commit": _git_commit(),
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -646,6 +654,20 @@ def _say(message: str) -> None:
     tqdm.write(message)
 
 
+def _device_name() -> str:
+    """The GPU the bundle runs use (configs pick CUDA when there is one), else the CPU model."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
 def _git_commit() -> str | None:
     if shutil.which("git") is None:
         return None
@@ -666,10 +688,12 @@ def _version(module: str) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     exp = Experiment(args)
+    exp.argv = argv
     exp.out.mkdir(parents=True, exist_ok=True)
-    exp.write_metadata()
+    exp.write_metadata(report_only=args.report_only)
     done = {row_key(r) for r in read_rows(exp.csv_path)}
     key_of = {"task": args.task, "teacher_domain": args.teacher_domain, "student_domain": args.student_domain}
     # seed-major: an interrupted experiment already has whole curves for its first seeds
@@ -732,7 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_markdown(outputs[2], rows, methods, context)
     title = f"{a.task}: teacher domain {a.teacher_domain} -> local domain {a.student_domain}, {a.image_size} px"
     plot(outputs[1], rows, methods, f"{title}, {a.epochs} epochs, seeds {', '.join(map(str, sorted(seeds)))}")
-    exp.write_metadata()
+    exp.write_metadata(report_only=args.report_only)
     report = write_html_report(exp.out, exp.out / "report.html", "MED-TEX learning curves")
     print(f"\n{len(rows)} runs in the table. Written:")
     for path in [*outputs, report]:

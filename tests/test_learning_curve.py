@@ -93,7 +93,11 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     assert read_rows(csv_path) == rows
     # --report-only with runs still to do (another seed) runs nothing and reports the finished ones
     (out / "learning_curve_fundus.md").unlink()
+    trained_by = json.loads((out / "learning_curve_fundus.json").read_text())
     assert learning_curve.main([*args, "--methods", *METHODS, "--seeds", "0", "7", "--report-only"]) == 0
+    reported = json.loads((out / "learning_curve_fundus.json").read_text())
+    assert {k: reported[k] for k in trained_by} == trained_by  # the training machine's record survives a re-report
+    assert "--report-only" in reported["report_command"] and trained_by["device"]
     assert read_rows(csv_path) == rows and (out / "learning_curve_fundus.md").is_file()
 
     # extended by a method whose runs crash and a seed whose runs succeed (bundle commands simulated, for time):
