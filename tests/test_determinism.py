@@ -1,0 +1,32 @@
+"""The same seed gives the same training on CPU, loader workers included; another seed gives another one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(data: Path, teacher_ckpt: Path, out: Path, seed: int) -> dict[str, torch.Tensor]:
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
+    command += ["--dataset_dir", str(data), "--teacher_ckpt", str(teacher_ckpt), "--seed", str(seed)]
+    command += ["--output_dir", str(out / "run"), "--ckpt_dir", str(out / "models"), "--image_size", "32"]
+    command += ["--batch_size", "4", "--max_epochs", "2", "--num_workers", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(data, teacher_ckpt, tmp_path):
+    first = train(data, teacher_ckpt, tmp_path / "a", seed=3)
+    again = train(data, teacher_ckpt, tmp_path / "b", seed=3)
+    other = train(data, teacher_ckpt, tmp_path / "c", seed=4)
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first), "same seed, different weights"
+    assert not all(torch.equal(first[k], other[k]) for k in first), "the seed changed nothing"
