@@ -1,4 +1,4 @@
-"""The training fast path's settings (docs/PERFORMANCE.md) change speed, not results: plain tensors from the loader
+"""The training fast path's settings (docs/RESULTS.md, "Speed") change speed, not results: plain tensors from the loader
 workers with MONAI's seeding kept, channels_last weights that save and load like contiguous ones."""
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import zipfile
@@ -117,8 +118,8 @@ class FrozenTeacher(nn.Module):
         """Logits ``(B, num_classes)`` and the configured layers' outputs, from one forward pass."""
         device_type = image.device.type
         low_precision = self.bf16 is True or (self.bf16 == "auto" and native_bf16(device_type))
-        # a frozen teacher only supplies targets: bfloat16 keeps its softmax at T=4 within ~0.003 of fp32 and makes
-        # its passes ~1.3x faster where the hardware has bfloat16 units (docs/PERFORMANCE.md)
+        # a frozen teacher only supplies targets: bfloat16 rounds them slightly and makes its passes faster where the
+        # hardware has bfloat16 units (docs/RESULTS.md, "Speed")
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=low_precision):
             logits = self.network(image)
         features = self.recorder.features if self.recorder is not None else []
@@ -130,6 +131,7 @@ class FrozenTeacher(nn.Module):
         return sum(p.numel() for p in self.network.parameters())
 
 
+@functools.lru_cache(maxsize=None)  # asked on every teacher pass; the hardware does not change
 def native_bf16(device_type: str) -> bool:
     """Whether bfloat16 runs natively, hence faster than fp32, on this kind of device (CUDA Ampere and later; CPUs
     with AVX512-BF16 or AMX, as oneDNN reports)."""
