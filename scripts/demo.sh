@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The MED-TEX scenario on built-in demo data, from a fresh clone (README's main command):
-#   1. a central site trains a DenseNet121 teacher on a large fundus set (camera A);
-#   2. a branch hospital with a small local set from another camera (B), only part of it labelled, distils an
-#      explainer + student from the frozen teacher without access to the teacher's data;
+#   1. a central site trains a DenseNet121 teacher on a large fundus set (camera A), and the small student
+#      architecture on the same set, and ships both weights (not the data) to a branch hospital;
+#   2. the branch, with a small local set from another camera (B), only part of it labelled, distils an
+#      explainer + student from the frozen teacher, its student starting from the central one (transfer +
+#      distillation; STUDENT_INIT=0 starts it from random weights, as in the MED-TEX paper);
 #   3. the same local labels train a student from scratch, for comparison;
 #   4. all three are evaluated on the branch's test set; inference writes predictions and saliency maps;
 #   5. summary.json collects the numbers.
 # Settings (environment): OUT (out/demo), SIZE (64 px), N_TEACHER (2000), TEACHER_EPOCHS (8), N_LABELED (100),
-#   N_UNLABELED (200), EPOCHS (30), SEED (0); SKIP_INSTALL=1 skips the pip installs.
+#   N_UNLABELED (200), EPOCHS (20), SCRATCH_EPOCHS (30), STUDENT_INIT (1), SEED (0); SKIP_INSTALL=1 skips the
+#   pip installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/demo}
@@ -16,7 +19,9 @@ N_TEACHER=${N_TEACHER:-2000}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-8}
 N_LABELED=${N_LABELED:-100}
 N_UNLABELED=${N_UNLABELED:-200}
-EPOCHS=${EPOCHS:-30}
+EPOCHS=${EPOCHS:-20}
+SCRATCH_EPOCHS=${SCRATCH_EPOCHS:-30}
+STUDENT_INIT=${STUDENT_INIT:-1}
 SEED=${SEED:-0}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
@@ -31,32 +36,42 @@ EVAL="['configs/train.yaml','configs/evaluate.yaml']"
 SCRATCH="['configs/train.yaml','configs/baselines/scratch.yaml']"
 SCRATCH_EVAL="['configs/train.yaml','configs/baselines/scratch.yaml','configs/evaluate.yaml']"
 
-echo "== 1/6 demo data: central site (camera A, $N_TEACHER images) and branch hospital (camera B)"
+echo "== 1/7 demo data: central site (camera A, $N_TEACHER images) and branch hospital (camera B)"
 python scripts/make_demo_data.py --task fundus --out "$OUT/central_A" --n-train "$N_TEACHER" --n-val 300 \
   --n-test 300 --size "$SIZE" --seed "$SEED" --domain A
 python scripts/make_demo_data.py --task fundus --out "$OUT/branch_B" --n-train "$N_LABELED" --n-val 100 \
   --n-test 300 --n-unlabeled "$N_UNLABELED" --size "$SIZE" --seed "$((SEED + 1))" --domain B
 
-echo "== 2/6 teacher: DenseNet121 on the central site's data"
+echo "== 2/7 teacher: DenseNet121 on the central site's data"
 bundle training --config_file configs/train_teacher.yaml --dataset_dir "$OUT/central_A" \
   --max_epochs "$TEACHER_EPOCHS" --output_dir "$OUT/runs/teacher"
 
-echo "== 3/6 MED-TEX: explainer + student distilled at the branch ($N_LABELED labelled + $N_UNLABELED unlabelled)"
-bundle training --config_file "$TRAIN" --dataset_dir "$OUT/branch_B" --teacher_ckpt "$OUT/models/teacher.pt" \
-  --max_epochs "$EPOCHS" --output_dir "$OUT/runs/medtex"
+INIT=()
+if [ "$STUDENT_INIT" = 1 ]; then
+  echo "== 3/7 central student: the student architecture on the central site's data (a start for the branch)"
+  bundle training --config_file "$SCRATCH" --dataset_dir "$OUT/central_A" --max_epochs "$TEACHER_EPOCHS" \
+    --output_dir "$OUT/runs/central_student" --ckpt_name central_student.pt
+  INIT=(--init_ckpt "$OUT/models/central_student.pt" --init_submodule student)
+else
+  echo "== 3/7 central student: skipped (STUDENT_INIT=0)"
+fi
 
-echo "== 4/6 baseline: the same student from scratch on the $N_LABELED local labels"
-bundle training --config_file "$SCRATCH" --dataset_dir "$OUT/branch_B" --max_epochs "$EPOCHS" \
+echo "== 4/7 MED-TEX: explainer + student distilled at the branch ($N_LABELED labelled + $N_UNLABELED unlabelled)"
+bundle training --config_file "$TRAIN" --dataset_dir "$OUT/branch_B" --teacher_ckpt "$OUT/models/teacher.pt" \
+  --max_epochs "$EPOCHS" --output_dir "$OUT/runs/medtex" "${INIT[@]}"
+
+echo "== 5/7 baseline: the same student from scratch on the $N_LABELED local labels"
+bundle training --config_file "$SCRATCH" --dataset_dir "$OUT/branch_B" --max_epochs "$SCRATCH_EPOCHS" \
   --output_dir "$OUT/runs/scratch"
 
-echo "== 5/6 evaluation on the branch's test set (camera B)"
+echo "== 6/7 evaluation on the branch's test set (camera B)"
 bundle evaluating --config_file "$EVAL" --dataset_dir "$OUT/branch_B" --output_dir "$OUT/eval/medtex"
 bundle evaluating --config_file "$SCRATCH_EVAL" --dataset_dir "$OUT/branch_B" --output_dir "$OUT/eval/scratch" \
   --saliency_metrics False
 bundle evaluating --config_file "$EVAL" --dataset_dir "$OUT/branch_B" --output_dir "$OUT/eval/teacher" \
   --network_def @teacher_def --ckpt_name teacher.pt --saliency_metrics False
 
-echo "== 6/6 inference: predictions and saliency maps for a folder of images"
+echo "== 7/7 inference: predictions and saliency maps for a folder of images"
 mkdir -p "$OUT/inference_inputs"
 python - "$OUT" <<'PY'
 import json, shutil, sys
@@ -69,10 +84,11 @@ PY
 bundle inference --config_file configs/inference.yaml --dataset_dir "$OUT/branch_B" \
   --input_dir "$OUT/inference_inputs" --output_dir "$OUT/inference"
 
-python scripts/demo_summary.py --out "$OUT"
+python scripts/demo_summary.py --out "$OUT" --student-init "${INIT[1]:-}"
 echo
 echo "done in $(( $(date +%s) - START )) s. Where things are:"
-echo "  checkpoints:        $OUT/models/teacher.pt (teacher), $OUT/models/model.pt (explainer + student), $OUT/models/scratch.pt"
+echo "  checkpoints:        $OUT/models/teacher.pt (teacher), $OUT/models/model.pt (explainer + student),"
+echo "                      $OUT/models/central_student.pt (central student), $OUT/models/scratch.pt (scratch)"
 echo "  test metrics:       $OUT/eval/{teacher,medtex,scratch}/metrics.csv"
 echo "  predictions, maps:  $OUT/inference/predictions.csv, $OUT/inference/*_overlay.png, *_saliency.nii.gz"
 echo "  training logs:      $OUT/runs/* (TensorBoard)"

@@ -115,6 +115,39 @@ def test_transfer_student_starts_from_the_source_student(tmp_path, data, student
     assert wf.parser.get_parsed_content("train#trainer").network is network
 
 
+@pytest.mark.parametrize("bare", [False, True])
+def test_medtex_student_starts_from_a_source_student(bare, tmp_path, data, teacher_ckpt, student_ckpt):
+    """init_submodule: student loads a from-scratch student's weights (``student.*`` keys or the student's own state
+    dict) into explainer + student; the explainer keeps its random initialisation."""
+    source = {k[len("student.") :]: v for k, v in weights(student_ckpt).items()}
+    path = student_ckpt
+    if bare:
+        path = tmp_path / "bare_student.pt"
+        torch.save(source, path)
+    default = workflow(["train.yaml"], tmp_path, data, teacher_ckpt=str(teacher_ckpt))
+    default.initialize()
+    default_network = default.parser.get_parsed_content("train#trainer").network
+    explainer_default = {k: v.clone() for k, v in default_network.explainer.state_dict().items()}
+    assert not all(torch.equal(default_network.student.state_dict()[k], v) for k, v in source.items())
+
+    wf = workflow(
+        ["train.yaml"], tmp_path, data, teacher_ckpt=str(teacher_ckpt), init_ckpt=str(path), init_submodule="student"
+    )
+    wf.initialize()
+    network = wf.parser.get_parsed_content("network")
+    assert network.explainer is not None
+    assert_same(network.student.state_dict(), source)
+    assert_same(network.explainer.state_dict(), explainer_default)  # untouched: the seed's random weights
+
+
+def test_init_submodule_that_does_not_exist_is_a_clear_error(tmp_path, data, teacher_ckpt, student_ckpt):
+    wf = workflow(
+        ["train.yaml"], tmp_path, data, teacher_ckpt=str(teacher_ckpt), init_ckpt=str(student_ckpt), init_submodule="x"
+    )
+    with pytest.raises(SystemExit, match="init_submodule.*no part named 'x'"):
+        wf.initialize()
+
+
 def test_medtex_default_has_no_initial_weights(tmp_path, data, teacher_ckpt):
     wf = workflow(["train.yaml"], tmp_path, data, teacher_ckpt=str(teacher_ckpt))
     assert wf.parser.get_parsed_content("init_ckpt") is None

@@ -3,6 +3,7 @@ workers with MONAI's seeding kept, channels_last weights that save and load like
 
 from __future__ import annotations
 
+import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset, MetaTensor
@@ -50,3 +51,43 @@ def test_channels_last_training_weights_load_into_the_deployed_network(tmp_path)
         logits, deployed_mask = deployed.explain(image)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(deployed_mask, mask, atol=1e-5, rtol=1e-4)
+
+
+class _RecordDtype(torch.nn.Module):
+    """A tiny classifier that records the dtype its convolution computed in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        self.seen.append(y.dtype)
+        return y.mean(dim=(2, 3))
+
+
+def test_autocast_inferer_computes_in_bfloat16_and_returns_float32_with_gradients():
+    from bundle.engines.inferers import AutocastInferer
+
+    torch.manual_seed(0)
+    net, image = _RecordDtype(), torch.randn(2, 3, 8, 8)
+    logits = AutocastInferer(enabled=True)(image, net)
+    assert net.seen == [torch.bfloat16] and logits.dtype == torch.float32
+    logits.sum().backward()
+    assert net.conv.weight.grad is not None and net.conv.weight.grad.dtype == torch.float32
+    reference = AutocastInferer(enabled=False)(image, net)
+    assert net.seen[-1] == torch.float32
+    # bf16 keeps ~3 significant digits: close to fp32, not equal
+    torch.testing.assert_close(logits, reference, atol=3e-2, rtol=3e-2)
+    assert not torch.equal(logits, reference)
+
+
+def test_autocast_inferer_auto_leaves_an_outer_autocast_alone():
+    from bundle.engines.inferers import AutocastInferer
+
+    inferer = AutocastInferer(enabled="auto")
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not inferer.active("cpu")
+    with pytest.raises(ValueError, match="enabled must be"):
+        AutocastInferer(enabled="yes")

@@ -14,13 +14,16 @@ logger = logging.getLogger(__name__)
 _SHOWN = 5  # keys listed per kind of mismatch; more would bury the message
 
 
-def init_from_checkpoint(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
+def init_from_checkpoint(network: nn.Module, checkpoint: str | os.PathLike, submodule: str | None = None) -> nn.Module:
     """Load ``checkpoint`` into ``network`` (all keys and shapes must match) and return the network.
 
     ``checkpoint`` is a bare state dict or a MONAI ``CheckpointSaver`` file (weights under ``model``), read with
-    ``weights_only=True``. Anything that does not fit stops the run with ``SystemExit`` naming the file and the
-    mismatching keys: MONAI wraps exceptions from config expressions in its own long traceback, while a
-    ``SystemExit`` message is the last thing the user sees (as for a missing teacher).
+    ``weights_only=True``. With ``submodule`` (e.g. ``"student"``) only that part of ``network`` is initialised, the
+    rest keeps its random weights: the file may hold the part's own state dict or that of a network having the part
+    under the same name (a from-scratch student's ``student.*`` weights into explainer + student). Anything that does
+    not fit stops the run with ``SystemExit`` naming the file and the mismatching keys: MONAI wraps exceptions from
+    config expressions in its own long traceback, while a ``SystemExit`` message is the last thing the user sees (as
+    for a missing teacher).
     """
     path = Path(checkpoint)
     if not path.is_file():
@@ -29,6 +32,17 @@ def init_from_checkpoint(network: nn.Module, checkpoint: str | os.PathLike) -> n
         state = load_weights(path)
     except Exception as e:  # any unreadable file: a pickle, a TorchScript archive, not a checkpoint at all
         raise SystemExit(f"cannot read initial weights from {path} (config value 'init_ckpt'): {e}") from e
+    whole = network
+    if submodule:
+        try:
+            network = network.get_submodule(submodule)
+        except AttributeError as e:
+            raise SystemExit(
+                f"config value 'init_submodule': {type(whole).__name__} has no part named {submodule!r}"
+            ) from e
+        prefix = submodule + "."
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     problems = _mismatches(network, state)
     if problems:
         raise SystemExit(
@@ -37,8 +51,8 @@ def init_from_checkpoint(network: nn.Module, checkpoint: str | os.PathLike) -> n
             "architecture (network_def), e.g. one trained with the same baseline config."
         )
     network.load_state_dict(state, strict=True)
-    logger.info(f"initialised {type(network).__name__} from {path}")
-    return network
+    logger.info(f"initialised {type(whole).__name__}{'.' + submodule if submodule else ''} from {path}")
+    return whole
 
 
 def _mismatches(network: nn.Module, state: dict) -> list[str]:
