@@ -1,4 +1,4 @@
-from bundle.handlers.checkpoint import ResumableCheckpoint, latest_checkpoint
+from bundle.handlers.checkpoint import AtomicCheckpointSaver, ResumableCheckpoint, atomic_save, latest_checkpoint
 from bundle.handlers.progress import LossProgressBar
 
-__all__ = ["LossProgressBar", "ResumableCheckpoint", "latest_checkpoint"]
+__all__ = ["AtomicCheckpointSaver", "LossProgressBar", "ResumableCheckpoint", "atomic_save", "latest_checkpoint"]

@@ -1,12 +1,16 @@
-"""Full, resumable training checkpoints: save every epoch, resume a killed run from the newest one."""
+"""Checkpoints that survive a killed run: written atomically, saved every epoch, resumed from the newest one."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 logger = logging.getLogger(__name__)
@@ -21,6 +25,63 @@ def latest_checkpoint(directory: str | Path, prefix: str = "train") -> Path | No
         if match:
             found.append((int(match.group(1)), path.stat().st_mtime, path))
     return max(found)[2] if found else None
+
+
+def atomic_save(checkpoint: Mapping, path: str | Path, save: Callable = torch.save, **kwargs: Any) -> None:
+    """Write ``checkpoint`` to ``path`` so that a reader finds either the old file or the complete new one.
+
+    The bytes go to a temporary file in the same folder, are flushed and fsynced, and the file is renamed over
+    ``path`` (atomic on POSIX and Windows); the folder is fsynced too so the rename survives a power cut. A run killed
+    mid-write leaves at most a ``.*.part`` file, never a truncated checkpoint.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            save(checkpoint, f, **kwargs)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o644 & ~_umask())  # mkstemp makes it owner-only; checkpoints are shared like other files
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    if not hasattr(os, "O_DIRECTORY"):  # Windows: folders cannot be opened for fsync
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` writing every file with ``atomic_save``.
+
+    MONAI builds its Ignite ``DiskSaver`` with ``atomic=False`` (Ignite's atomic mode leaves files readable by their
+    owner only), so a run killed while saving leaves a truncated ``model.pt`` or full checkpoint behind, and resuming
+    from it fails. Same arguments and file names as ``CheckpointSaver``; only the write is replaced.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                disk_saver = checkpoint.save_handler
+                kw = dict(getattr(disk_saver, "kwargs", {}))
+                # DiskSaver.__call__ picks the file name (fixed or Ignite's) and hands the write to _save_func
+                disk_saver._save_func = lambda obj, path, func, _kw=kw: atomic_save(obj, path, func, **_kw)
 
 
 class ResumableCheckpoint:
@@ -60,7 +121,7 @@ class ResumableCheckpoint:
             CheckpointLoader(load_path=str(self.resumed_from), load_dict=state, map_location=self.map_location).attach(
                 engine
             )
-        CheckpointSaver(
+        AtomicCheckpointSaver(
             save_dir=str(self.directory),
             save_dict=state,
             file_prefix=self.prefix,
