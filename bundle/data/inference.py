@@ -7,6 +7,9 @@ export becomes a row in ``errors.csv`` instead of a crashed run.
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -32,6 +35,7 @@ NON_IMAGE_SUFFIXES = (
 # DICOM media index files carry the DICM magic but no image.
 NON_IMAGE_NAMES = ("dicomdir",)
 SOURCE_KEY = "source"
+RESUME_STATE = ".inference_resume.json"  # hidden: never listed as an input
 VALID_KEY = "valid"
 ERROR_KEY = "error"
 
@@ -88,6 +92,70 @@ def inference_items(
         where = f"input_dir {input_dir}" if input_dir else f"the {key!r} list of {datalist}"
         raise ValueError(f"no images found in {where}")
     return items
+
+
+def finished_sources(output_dir: str | os.PathLike) -> set[str]:
+    """The files a previous run into ``output_dir`` finished: listed in its ``predictions.csv`` or ``errors.csv``.
+
+    A row is appended only after all of that file's outputs were written, so a listed file is complete; a last line
+    cut short by a kill (no newline) does not count.
+    """
+    done: set[str] = set()
+    for name in ("predictions.csv", "errors.csv"):
+        path = Path(output_dir) / name
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            lines = f.read().splitlines(keepends=True)
+        complete = [line for line in lines[1:] if line.endswith("\n")]
+        done.update(row[0] for row in csv.reader(complete) if row)
+    return done
+
+
+def pending_items(
+    items: Sequence[dict],
+    output_dir: str | os.PathLike,
+    resume: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+) -> list[dict]:
+    """``items`` less those a previous (killed) run into ``output_dir`` finished with the same model.
+
+    The run records the SHA-256 of its ``checkpoint`` in ``output_dir/.inference_resume.json``. When ``resume`` is
+    off, or the model differs from the previous run's (retrained weights must not mix with old predictions), the
+    previous CSV files are removed so that the writer starts them over, and every item is returned.
+    """
+    items = list(items)
+    out = Path(output_dir)
+    stamp = {"checkpoint": str(checkpoint), "sha256": _sha256(checkpoint)} if checkpoint else {}
+    state = out / RESUME_STATE
+    previous = json.loads(state.read_text()) if state.is_file() else None
+    same_model = previous is not None and previous.get("sha256") == stamp.get("sha256")
+    results = [out / "predictions.csv", out / "errors.csv"]
+    if resume and not same_model and any(p.is_file() for p in results):
+        logger.warning(f"{out}: the previous run used another model (or left no record of it): starting over")
+    if not (resume and same_model):
+        for path in results:
+            path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps(stamp) + "\n")
+    if not (resume and same_model):
+        return items
+    done = finished_sources(out)
+    pending = [item for item in items if str(item["image"]) not in done]
+    if len(pending) < len(items):
+        logger.info(
+            f"resuming in {out}: {len(items) - len(pending)} of {len(items)} files already done, "
+            f"{len(pending)} to go (resume: false starts over)"
+        )
+    return pending
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def require_checkpoint(path: str | os.PathLike) -> None:

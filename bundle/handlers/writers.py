@@ -16,7 +16,7 @@ import csv
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_CSV = "predictions.csv"
 ERRORS_CSV = "errors.csv"
 TASKS = ("multiclass", "multilabel")
+_PART = ".part-"  # prefix of outputs being written: hidden, so never listed as inputs
 # longest first, so that "x.nii.gz" loses ".nii.gz" and not only ".gz"
 _STRIP_SUFFIXES = sorted(IMAGE_SUFFIXES, key=len, reverse=True)
 
@@ -59,6 +60,32 @@ def blend_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np
     weight = alpha * np.clip(mask, 0.0, 1.0)[..., None]
     blended = (1.0 - weight) * np.clip(rgb, 0.0, 1.0) + weight * jet(mask)
     return np.round(blended * 255.0).astype(np.uint8)
+
+
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` to a hidden ``.part-<name>`` beside ``path`` (same suffix, so writers pick the same format),
+    then rename it into place: a reader or a resumed run sees the whole file or none."""
+    tmp = path.with_name(_PART + path.name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _continue_csv(path: Path, header: list[str]) -> None:
+    """Check that a previous run's CSV has this header, and drop a last row a kill cut short."""
+    with open(path, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    found = next(csv.reader(lines[:1]), [])
+    if found != header:
+        raise ValueError(
+            f"{path} was written with other columns ({', '.join(found)}); to resume, run with the same classes, "
+            "else choose another output_dir or set resume: false"
+        )
+    if lines and not lines[-1].endswith("\n"):
+        write_atomically(path, lambda tmp: tmp.write_text("".join(lines[:-1]), newline=""))
 
 
 def source_stem(path: str | os.PathLike) -> str:
@@ -87,6 +114,12 @@ class SaliencyWriter:
     * ``errors.csv``: ``file,reason`` for items that failed to load (``valid`` False) and for items whose outputs
       failed to write (their prediction row is kept). Always written, header only when nothing failed.
 
+    A killed run leaves no half-written file: each output is written under a hidden ``.part-`` name and renamed
+    into place, and a file's CSV row is appended only after its outputs. With ``resume`` a run started again on the
+    same ``output_dir`` keeps the rows (and so the files) already there and appends the rest; the config feeds it
+    only the files not yet listed (``bundle.data.inference.pending_items``). DICOM captures get UIDs derived from
+    the source's and the output folder, so a resumed or repeated run writes the same series, not a second one.
+
     Args:
         output_dir: folder for all outputs (created).
         class_names: one name per class, in the order of the network's outputs.
@@ -95,6 +128,7 @@ class SaliencyWriter:
         alpha: maximum opacity of the heatmap.
         frame, scale_16bit, apply_voi: as ``MedicalImageReader``; use the preprocessing's values.
         write_dicom: write the Secondary Capture for DICOM sources.
+        resume: keep what a previous run wrote to ``output_dir`` (False: start both CSV files over).
         series_number: Series Number of the new DICOM series.
         series_description, manufacturer: written into the DICOM captures.
     """
@@ -113,6 +147,7 @@ class SaliencyWriter:
         series_number: int = 9001,
         series_description: str = "MED-TEX saliency overlay",
         manufacturer: str = "MED-TEX MONAI bundle",
+        resume: bool = True,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -127,6 +162,7 @@ class SaliencyWriter:
         self.series_number = series_number
         self.series_description = series_description
         self.manufacturer = manufacturer
+        self.resume = resume
         self._reset()
 
     def _reset(self) -> None:
@@ -153,13 +189,22 @@ class SaliencyWriter:
         return self.output_dir / ERRORS_CSV
 
     def started(self, engine: Engine) -> None:
-        """Create the output folder and both CSV files with their headers."""
+        """Create the output folder and both CSV files with their headers, or continue those of a previous run."""
         self._reset()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.predictions_csv, "w", newline="") as f:
-            csv.writer(f).writerow(["file", *self.class_names, "predicted"])
-        with open(self.errors_csv, "w", newline="") as f:
-            csv.writer(f).writerow(["file", "reason"])
+        for leftover in self.output_dir.glob(f"{_PART}*"):  # a file being written when a previous run was killed
+            leftover.unlink()
+        headers = {self.predictions_csv: ["file", *self.class_names, "predicted"], self.errors_csv: ["file", "reason"]}
+        if self.resume and all(path.is_file() for path in headers):
+            for path, header in headers.items():
+                _continue_csv(path, header)
+            with open(self.predictions_csv, newline="") as f:
+                for row in list(csv.reader(f))[1:]:
+                    self._unique_stem(row[0])  # the names those files' outputs got, as in one uninterrupted run
+            return
+        for path, header in headers.items():
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(header)
 
     def __call__(self, engine: Engine) -> None:
         """Write the outputs of every item of the (decollated) batch; rows are appended, so a killed run keeps them."""
@@ -205,10 +250,11 @@ class SaliencyWriter:
         resize = Resize(spatial_size=(rows, cols), mode="bilinear", align_corners=False)
         full = np.clip(np.asarray(resize(mask))[0], 0.0, 1.0).astype(np.float32)
         overlay = blend_overlay(image, full, self.alpha)
-        Image.fromarray(overlay).save(self.output_dir / f"{stem}_overlay.png")
+        write_atomically(self.output_dir / f"{stem}_overlay.png", lambda tmp: Image.fromarray(overlay).save(tmp))
         affine = self._nifti_affine(source) if meta.get("format") == "nifti" else np.eye(4)
         # readers give (rows, columns) = (y, x); NIfTI's first axis is x: transpose back
-        nib.save(nib.Nifti1Image(full.T, affine), str(self.output_dir / f"{stem}_saliency.nii.gz"))
+        nifti = nib.Nifti1Image(full.T, affine)
+        write_atomically(self.output_dir / f"{stem}_saliency.nii.gz", lambda tmp: nib.save(nifti, str(tmp)))
         self.n_overlays += 1
         if self.write_dicom and meta.get("format") == "dicom":
             self.write_secondary_capture(source, overlay, self.output_dir / f"{stem}_overlay.dcm")
@@ -240,8 +286,15 @@ class SaliencyWriter:
         ref = pydicom.dcmread(source, stop_before_pixels=True, force=True)
         if not ref.get("StudyInstanceUID"):
             raise ValueError("the DICOM source has no StudyInstanceUID, so no study to add the overlay to")
-        series_uid = self._series.setdefault(str(ref.get("SeriesInstanceUID", "")), generate_uid())
+        # derived from the source's UIDs and the output folder: a resumed or repeated run into the same folder
+        # writes the same series and instances (replacing them in a PACS) instead of duplicates
+        source_series = str(ref.get("SeriesInstanceUID", ""))
+        series_uid = self._series.setdefault(
+            source_series, generate_uid(entropy_srcs=[source_series, str(self.output_dir.resolve()), "series"])
+        )
         self._instances[series_uid] += 1
+        instance_number = ref.get("InstanceNumber") or self._instances[series_uid]
+        sop_uid = generate_uid(entropy_srcs=[str(ref.get("SOPInstanceUID", source)), series_uid])
         spacing = ref.get("PixelSpacing")
         capture = SCImage.from_ref_dataset(
             ref,
@@ -251,8 +304,8 @@ class SaliencyWriter:
             coordinate_system="PATIENT",
             series_instance_uid=series_uid,
             series_number=self.series_number,
-            sop_instance_uid=generate_uid(),
-            instance_number=self._instances[series_uid],
+            sop_instance_uid=sop_uid,
+            instance_number=int(instance_number),
             manufacturer=self.manufacturer,
             pixel_spacing=tuple(float(v) for v in spacing) if spacing is not None and len(spacing) == 2 else None,
             # highdicom insists on a single-letter orientation for PATIENT; the real one is copied below
@@ -273,7 +326,7 @@ class SaliencyWriter:
             source_ref.ReferencedSOPClassUID = ref.SOPClassUID
             source_ref.ReferencedSOPInstanceUID = ref.SOPInstanceUID
             capture.SourceImageSequence = [source_ref]
-        capture.save_as(path, enforce_file_format=True)
+        write_atomically(path, lambda tmp: capture.save_as(tmp, enforce_file_format=True))
 
     def completed(self, engine: Engine) -> None:
         """Log how many images were predicted and failed, and where each kind of output went."""
