@@ -36,6 +36,9 @@ SMALL = {
     "explainer#features": [4, 4, 4, 8, 8, 4],
     "image_size": IMAGE_SIZE,
 }
+# patient data in the DICOM inputs, which no log, file name or CSV may carry
+PATIENT = ("P-0042", "Doe", "Jane", "19650412", "ACC-778")
+BIRTH_DATE = PATIENT[3]
 STUDY_UID = generate_uid()
 SERIES_UID = generate_uid()
 # name -> (rows, cols) of the readable inputs
@@ -69,6 +72,7 @@ def write_dicom(path: Path, rows: int, cols: int, instance: int) -> None:
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY_UID, SERIES_UID
     ds.PatientID, ds.PatientName, ds.PatientAge = "P-0042", "Doe^Jane", "061Y"
+    ds.PatientBirthDate, ds.AccessionNumber, ds.InstitutionName = BIRTH_DATE, "ACC-778", "St Elsewhere"
     ds.Modality, ds.InstanceNumber, ds.PixelSpacing = "CT", instance, [0.5, 0.5]
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -262,3 +266,26 @@ def test_inputs_and_class_names_from_the_datalist(tmp_path):
     assert resolve_class_names(datalist, 2) == ["x", "y"]
     assert resolve_class_names(datalist, 3) == ["0", "1", "2"]  # the datalist is for another task
     assert resolve_class_names(tmp_path / "missing.json", 2) == ["0", "1"]
+
+
+def test_no_patient_data_in_logs_file_names_or_tables(run):
+    outputs = [p.name for p in run["out"].rglob("*")]
+    tables = (run["out"] / "predictions.csv").read_text() + (run["out"] / "errors.csv").read_text()
+    for value in PATIENT:
+        assert value not in run["log"] and value not in tables and not any(value in name for name in outputs)
+
+
+def test_deidentified_capture_keeps_the_study_but_not_the_patient(run, tmp_path):
+    source = run["inputs"] / "ct.dcm"
+    writer = SaliencyWriter(tmp_path, class_names=CLASSES, deidentify=True)
+    writer.write_secondary_capture(str(source), np.zeros((64, 40, 3), np.uint8), tmp_path / "ct_overlay.dcm")
+    capture = pydicom.dcmread(tmp_path / "ct_overlay.dcm")
+    reference = pydicom.dcmread(source)
+    assert capture.StudyInstanceUID == reference.StudyInstanceUID  # still sorts into the source study
+    assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == reference.SOPInstanceUID
+    assert capture.PatientIdentityRemoved == "YES" and "Retain UIDs" in capture.DeidentificationMethod
+    assert capture.PatientName == "" and capture.PatientID == "" and "PatientAge" not in capture
+    raw = (tmp_path / "ct_overlay.dcm").read_bytes()
+    assert not any(value.encode() in raw for value in PATIENT + ("St Elsewhere",))
+    # without the option the capture is the patient's, as a PACS expects
+    assert pydicom.dcmread(run["out"] / "ct_overlay.dcm").PatientID == "P-0042"

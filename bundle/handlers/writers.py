@@ -74,6 +74,37 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
         raise
 
 
+# DICOM PS3.15 Annex E, Basic Application Confidentiality Profile: the attributes a capture copies from its source
+# that identify the patient or the visit. Removed (Type 3) or emptied (Type 1/2 in the SC IOD).
+_IDENTIFYING = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge", "PatientSize",
+    "PatientWeight", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "PatientAddress",
+    "PatientTelephoneNumbers", "PatientMotherBirthName", "EthnicGroup", "PatientComments", "IssuerOfPatientID",
+    "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime", "SeriesDate", "SeriesTime",
+    "ContentDate", "ContentTime", "InstitutionName", "InstitutionAddress", "OperatorsName",
+    "PerformingPhysicianName", "StudyDescription",
+)  # fmt: skip
+_EMPTIED = {"PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName",
+            "StudyID", "StudyDate", "StudyTime"}  # fmt: skip
+
+
+def deidentify_capture(ds: Any) -> None:
+    """Strip the patient's identity from a derived DICOM object, keeping its study and series UIDs (PS3.15's Retain
+    UIDs option) so that it still sorts into the source study in a PACS that holds it, and say so in the header."""
+    for keyword in _IDENTIFYING:
+        if keyword not in ds:
+            continue
+        if keyword in _EMPTIED:
+            setattr(ds, keyword, "")
+        else:
+            delattr(ds, keyword)
+    for element in list(ds):  # private tags can carry anything
+        if element.tag.is_private:
+            del ds[element.tag]
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "PS3.15 Basic Application Confidentiality Profile, Retain UIDs Option (MED-TEX bundle)"
+
+
 def _continue_csv(path: Path, header: list[str]) -> None:
     """Check that a previous run's CSV has this header, and drop a last row a kill cut short."""
     with open(path, newline="") as f:
@@ -129,6 +160,7 @@ class SaliencyWriter:
         frame, scale_16bit, apply_voi: as ``MedicalImageReader``; use the preprocessing's values.
         write_dicom: write the Secondary Capture for DICOM sources.
         resume: keep what a previous run wrote to ``output_dir`` (False: start both CSV files over).
+        deidentify: DICOM captures without the patient's identity (``deidentify_capture``); study linkage stays.
         series_number: Series Number of the new DICOM series.
         series_description, manufacturer: written into the DICOM captures.
     """
@@ -148,6 +180,7 @@ class SaliencyWriter:
         series_description: str = "MED-TEX saliency overlay",
         manufacturer: str = "MED-TEX MONAI bundle",
         resume: bool = True,
+        deidentify: bool = False,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -163,6 +196,7 @@ class SaliencyWriter:
         self.series_description = series_description
         self.manufacturer = manufacturer
         self.resume = resume
+        self.deidentify = deidentify
         self._reset()
 
     def _reset(self) -> None:
@@ -326,6 +360,8 @@ class SaliencyWriter:
             source_ref.ReferencedSOPClassUID = ref.SOPClassUID
             source_ref.ReferencedSOPInstanceUID = ref.SOPInstanceUID
             capture.SourceImageSequence = [source_ref]
+        if self.deidentify:
+            deidentify_capture(capture)
         write_atomically(path, lambda tmp: capture.save_as(tmp, enforce_file_format=True))
 
     def completed(self, engine: Engine) -> None:
