@@ -302,3 +302,14 @@ def test_match_channels():
     assert torch.allclose(MatchChannels(1)(rgb), torch.full((1, 4, 4), 0.299))
     with pytest.raises(ValueError, match="cannot convert 2 channels"):
         MatchChannels(3)(torch.rand(2, 4, 4))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_pixels_are_a_read_error_not_a_black_image(tmp_path, bad):
+    data = np.random.default_rng(0).random((12, 10)).astype(np.float32)
+    data[3, 4] = bad
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    with pytest.raises(ImageReadError, match="NaN or infinity") as error:
+        MedicalImageReader().read_file(path)
+    assert str(path) in str(error.value)

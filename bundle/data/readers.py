@@ -371,5 +371,7 @@ def _palette_is_gray(im: Any) -> bool:
 
 
 def _minmax(array: np.ndarray) -> np.ndarray:
+    if not np.isfinite(array).all():  # else one NaN makes the range NaN and the whole image silently zero
+        raise ValueError("pixel values contain NaN or infinity")
     low, high = float(array.min()), float(array.max())
     return (array - low) / (high - low) if high > low else np.zeros_like(array, dtype=np.float64)
