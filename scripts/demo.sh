@@ -9,8 +9,8 @@
 #   4. all three are evaluated on the branch's test set; inference writes predictions and saliency maps;
 #   5. summary.json collects the numbers.
 # Settings (environment): OUT (out/demo), SIZE (64 px), N_TEACHER (2000), TEACHER_EPOCHS (8), N_LABELED (100),
-#   N_UNLABELED (200), EPOCHS (20), SCRATCH_EPOCHS (30), STUDENT_INIT (1), SEED (0); SKIP_INSTALL=1 skips the
-#   pip installs.
+#   N_UNLABELED (200), EPOCHS (20), SCRATCH_EPOCHS (30), STUDENT_INIT (1), SEED (0), EXTRA_ARGS (none);
+#   SKIP_INSTALL=1 skips the pip installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/demo}
@@ -30,7 +30,9 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   python -m pip install -q --disable-pip-version-check torch==2.13.0
   python -m pip install -q --disable-pip-version-check -r requirements.txt
 fi
-bundle() { python -m monai.bundle run "$@" --image_size "$SIZE" --ckpt_dir "$OUT/models" --seed "$SEED"; }
+# EXTRA_ARGS: more options for every bundle run, e.g. "--preflight False" for toy sizes that lack some classes
+read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
+bundle() { python -m monai.bundle run "$@" --image_size "$SIZE" --ckpt_dir "$OUT/models" --seed "$SEED" "${EXTRA[@]}"; }
 TRAIN="['configs/train.yaml']"
 EVAL="['configs/train.yaml','configs/evaluate.yaml']"
 SCRATCH="['configs/train.yaml','configs/baselines/scratch.yaml']"

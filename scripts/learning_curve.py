@@ -273,7 +273,10 @@ class Experiment:
 
     def overrides(self) -> list[str]:
         """Overrides common to every bundle run."""
-        extra: list[str] = ["--image_size", str(self.args.image_size)]
+        # The runs' datalists are this script's own subsets of one pool, and a small labelled subset missing a rare
+        # class is part of what a learning curve measures: no pre-flight stop (check the pool with
+        # scripts/validate_datalist.py; --override preflight True turns it back on).
+        extra: list[str] = ["--image_size", str(self.args.image_size), "--preflight", "False"]
         if self.args.batch_size is not None:
             extra += ["--batch_size", str(self.args.batch_size)]
         if self.args.num_workers is not None:

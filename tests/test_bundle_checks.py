@@ -23,7 +23,7 @@ from tests.conftest import inference_network
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 META = json.loads((CONFIGS / "metadata.json").read_text())
-TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "device": "cpu", "amp": False}
+TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "device": "cpu", "amp": False, "preflight": False}
 
 
 def monai_bundle(*args: str) -> str:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "max_epochs": 2}
+TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "max_epochs": 2, "preflight": False}
 
 
 def test_auc_of_half_precision_gpu_predictions_and_cpu_labels_is_the_cpu_auc():

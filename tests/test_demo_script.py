@@ -18,6 +18,7 @@ TOY = {
     "EPOCHS": "1",
     "SCRATCH_EPOCHS": "1",
     "SKIP_INSTALL": "1",
+    "EXTRA_ARGS": "--preflight False",  # toy sizes lack some classes
     "OMP_NUM_THREADS": "1",
 }
 

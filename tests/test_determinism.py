@@ -16,7 +16,7 @@ def train(data: Path, teacher_ckpt: Path, out: Path, seed: int) -> dict[str, tor
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
     command += ["--dataset_dir", str(data), "--teacher_ckpt", str(teacher_ckpt), "--seed", str(seed)]
     command += ["--output_dir", str(out / "run"), "--ckpt_dir", str(out / "models"), "--image_size", "32"]
-    command += ["--batch_size", "4", "--max_epochs", "2", "--num_workers", "2"]
+    command += ["--batch_size", "4", "--max_epochs", "2", "--num_workers", "2", "--preflight", "False"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -18,7 +18,7 @@ from monai.utils import path_to_sqlite_uri
 from bundle.data.demo import FUNDUS_CLASSES, generate_demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--image_size", "32", "--batch_size", "4", "--num_workers", "0", "--cache_rate", "0"]
+TINY = ["--image_size", "32", "--batch_size", "4", "--num_workers", "0", "--cache_rate", "0", "--preflight", "False"]
 LOSS_TERMS = ["loss", "loss_ce", "loss_kd", "loss_vid", "loss_mask", "loss_fidelity"]
 
 

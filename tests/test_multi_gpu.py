@@ -21,7 +21,7 @@ from bundle.networks.teacher import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "cache_rate": 0.0}
+TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "cache_rate": 0.0, "preflight": False}
 N_TRAIN, N_UNLABELED, N_TEST = 16, 8, 6
 DIST_STEPS = [
     "$torch.distributed.is_initialized() or torch.distributed.init_process_group(backend=@dist_backend)",
@@ -64,7 +64,7 @@ def test_overrides_keep_the_single_gpu_steps_and_handlers():
     assert [h["_target_"] for h in train["validate"]["handlers"]] == [
         "StatsHandler",
         "TensorBoardStatsHandler",
-        "CheckpointSaver",
+        "bundle.handlers.AtomicCheckpointSaver",
     ]
     evaluate = ConfigParser.load_config_file(CONFIGS / "evaluate.yaml")
     multi_eval = ConfigParser.load_config_file(CONFIGS / "multi_gpu_evaluate.yaml")

@@ -65,6 +65,8 @@ def train_teacher(dataset: Path, work: Path, *configs: str, epochs: int = 1) -> 
         "0",
         "--cache_rate",
         "0",
+        "--preflight",
+        "False",
         "--output_dir",
         str(work / "run"),
         "--ckpt_dir",
