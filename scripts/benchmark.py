@@ -1,0 +1,855 @@
+"""Performance benchmark: ratios of two things measured in the same run, on the same machine and images.
+
+    python scripts/benchmark.py [--quick] [--json out/benchmark.json] [--md docs/PERFORMANCE.md] \
+        [--device cpu|cuda] [--threads N] [--image-size N] [--batch-size N] [--repeats N] [--num-workers N]
+
+Everything is built from ``configs/train.yaml`` with MONAI's ``ConfigParser`` (the fundus demo task): the teacher
+(``teacher_def``, a randomly initialised DenseNet121 saved to a temporary ``teacher_ckpt``: timing does not depend
+on the weights), the explainer + student (``network``), the loss, the training data set and loader, and the
+``MedTexTrainer``. Demo PNG images are generated in a temporary folder (and some copied to DICOM). Measured:
+
+- saliency: maps/s of the explainer (one ``explain`` call) and of GradCAM, GradCAM++, SmoothGrad and occlusion on
+  the teacher (``bundle.explain.make_saliency``), on the same images;
+- inference: latency at batch 1 and throughput at ``--batch-size`` of the teacher and of explainer + student
+  (``explain``: logits and mask in one pass), fp32, ``torch.inference_mode``;
+- training: one MED-TEX iteration through the bundle's Ignite engine against a hand-written PyTorch loop doing the
+  same computation on the same pre-built batches (data loading excluded from both);
+- data loading: the cached training loader (the config's CacheDataset + DataLoader, augmentation included) against
+  what one training iteration consumes, and decoding from PNG and DICOM, uncached and cached;
+- peak memory of training and inference (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS).
+
+Every timing is the median of ``repeats`` runs after warm-up. ``--quick`` (under a minute on 2 CPU cores) uses a
+batch of 2, fewer repeats, fewer occlusion passes and SmoothGrad samples (so those two methods look faster than
+with their full settings: the speedups against them are lower bounds). Writes JSON (``--json``) and a markdown
+report (``--md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bundle.data.datalist import load_datalist, save_datalist  # noqa: E402
+from bundle.data.demo import generate_demo_data  # noqa: E402
+from bundle.data.transforms import LoadMedicalImage  # noqa: E402
+from bundle.explain import make_saliency  # noqa: E402
+from bundle.networks.features import FeatureRecorder  # noqa: E402
+from bundle.networks.teacher import FrozenTeacher, count_parameters, native_bf16  # noqa: E402
+
+CONFIG = ROOT / "configs" / "train.yaml"
+POSTHOC = ("gradcam", "gradcampp", "smoothgrad", "occlusion")
+PER_IMAGE = ("smoothgrad", "occlusion")  # MONAI runs these one image at a time: timed on fewer images
+SALIENCY_BATCH = 8  # images per saliency call (at most the batch size)
+# full-run settings of the post-hoc methods: scripts/compare_saliency.py's defaults
+SMOOTHGRAD_SAMPLES, OCCLUSION_MASK_FRACTION, OCCLUSION_OVERLAP = 25, 8, 0.5
+# (JSON key, comparison, target): the issue's targets
+TARGETS = (
+    ("saliency_speedup_vs_gradcam", ">=", 20.0),
+    ("saliency_speedup_vs_occlusion", ">=", 200.0),
+    ("student_speedup_vs_teacher", ">=", 5.0),
+    ("engine_overhead", "<=", 1.10),
+    ("loader_headroom", ">=", 2.0),
+)
+_CLOCK = {"start": time.perf_counter()}
+
+
+@dataclass
+class Settings:
+    """What one run measures with; recorded in the JSON and the report."""
+
+    quick: bool
+    device: str
+    threads: int
+    image_size: int
+    batch_size: int
+    saliency_batch: int
+    repeats: int
+    warmup: int
+    per_image_images: int
+    per_image_repeats: int
+    smoothgrad_samples: int
+    occlusion_mask_size: int
+    occlusion_overlap: float
+    n_train: int
+    loader_images: int
+    num_workers: int
+    command: str
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="batch 2, fewer repeats and passes: under a minute")
+    parser.add_argument("--json", type=Path, default=ROOT / "out" / "benchmark.json", help="(out/benchmark.json)")
+    parser.add_argument("--md", type=Path, default=ROOT / "docs" / "PERFORMANCE.md", help="(docs/PERFORMANCE.md)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, e.g. OMP_NUM_THREADS)")
+    parser.add_argument("--image-size", type=int, help="image side in pixels (default: the config's, 224)")
+    parser.add_argument("--batch-size", type=int, help="training and throughput batch (default: config's; quick 2)")
+    parser.add_argument("--repeats", type=int, help="timed runs per measurement (default 5; quick 3)")
+    parser.add_argument("--num-workers", type=int, help="training loader workers (default: the config's, 2)")
+    parser.add_argument("--smoothgrad-samples", type=int, help="noisy copies per SmoothGrad map (25; quick 5)")
+    parser.add_argument("--occlusion-mask-size", type=int, help="occluded patch side (size // 8; quick size // 4)")
+    parser.add_argument("--occlusion-overlap", type=float, help="overlap of occluded patches (0.5; quick 0)")
+    args = parser.parse_args(argv)
+    for name in ("threads", "image_size", "batch_size", "repeats", "smoothgrad_samples", "occlusion_mask_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.image_size is not None and args.image_size < 32:
+        parser.error("--image-size must be at least 32 (the demo data's smallest size)")
+    if args.num_workers is not None and args.num_workers < 0:
+        parser.error("--num-workers must not be negative")
+    if args.occlusion_overlap is not None and not 0.0 <= args.occlusion_overlap < 1.0:
+        parser.error("--occlusion-overlap must be in [0, 1)")
+    return args
+
+
+def make_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
+    """The command line's values, else the quick or full defaults, else the config's."""
+    defaults = ConfigParser()
+    defaults.read_config(str(CONFIG))
+    image_size = args.image_size or int(defaults["image_size"])
+    batch_size = args.batch_size or (2 if args.quick else int(defaults["batch_size"]))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    default_mask = image_size // (4 if args.quick else OCCLUSION_MASK_FRACTION)
+    return Settings(
+        quick=args.quick,
+        device=device,
+        threads=torch.get_num_threads(),
+        image_size=image_size,
+        batch_size=batch_size,
+        saliency_batch=min(batch_size, SALIENCY_BATCH),
+        repeats=args.repeats or (3 if args.quick else 5),
+        warmup=1,
+        per_image_images=1 if args.quick else 2,
+        per_image_repeats=args.repeats or (1 if args.quick else 2),
+        smoothgrad_samples=args.smoothgrad_samples or (5 if args.quick else SMOOTHGRAD_SAMPLES),
+        occlusion_mask_size=args.occlusion_mask_size or max(2, default_mask),
+        occlusion_overlap=(
+            args.occlusion_overlap if args.occlusion_overlap is not None else (0.0 if args.quick else OCCLUSION_OVERLAP)
+        ),
+        n_train=max(8, 2 * batch_size),
+        loader_images=max(64 if args.quick else 256, 2 * batch_size),
+        num_workers=args.num_workers if args.num_workers is not None else int(defaults["num_workers"]),
+        command=shlex.join(["python", "scripts/benchmark.py", *argv]),
+    )
+
+
+def say(message: str) -> None:
+    print(f"[benchmark {time.perf_counter() - _CLOCK['start']:6.1f} s] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------- measuring
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(function: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
+    """Median wall time of ``repeats`` calls after ``warmup`` untimed ones (CUDA work included)."""
+    for _ in range(warmup):
+        function()
+    seconds = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def _proc_status(field: str) -> float | None:
+    """A ``/proc/self/status`` memory field in MiB (Linux), else ``None``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory of one phase: CUDA ``max_memory_allocated``, or on CPU the process's peak resident set.
+
+    On Linux the RSS high-water mark (``VmHWM``) is reset by writing 5 to ``/proc/self/clear_refs``; where that is
+    not possible the lifetime peak ``ru_maxrss`` is reported and ``reset`` says so.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start_mib = 0.0
+        self.reset_ok = False
+
+    def reset(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mib = torch.cuda.memory_allocated(self.device) / 2**20
+            self.reset_ok = True
+            return
+        with contextlib.suppress(OSError, AttributeError):  # give freed heap back so the reset starts lower
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.reset_ok = _proc_status("VmHWM") is not None
+        except OSError:
+            self.reset_ok = False
+        self.start_mib = _proc_status("VmRSS") or 0.0
+
+    def read(self) -> dict[str, Any]:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            what = "torch.cuda.max_memory_allocated during the phase (tensors only, not the CUDA context)"
+        elif self.reset_ok:
+            peak = _proc_status("VmHWM") or 0.0
+            what = "peak resident set of the whole process during the phase (VmHWM reset by /proc/self/clear_refs)"
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            what = "peak resident set of the process since it started (ru_maxrss; could not be reset)"
+        return {"peak_mib": peak, "start_mib": self.start_mib, "increase_mib": peak - self.start_mib, "what": what}
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "bf16_native": native_bf16(device.type),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+    return info
+
+
+# --------------------------------------------------------------------------------------------------- set-up
+
+
+def load_config(settings: Settings, work: Path, teacher_ckpt: Path, name: str) -> ConfigParser:
+    """configs/train.yaml with this run's data, sizes, device and temporary output folders."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG))
+    device = "cuda:0" if settings.device == "cuda" else "cpu"
+    overrides: dict[str, Any] = {
+        "bundle_root": str(ROOT),
+        "dataset_dir": str(work / "data"),
+        "image_size": settings.image_size,
+        "batch_size": settings.batch_size,
+        "num_workers": settings.num_workers,
+        "device": f"$torch.device('{device}')",
+        "amp": settings.device == "cuda",  # the config's default where the device is the available one
+        "teacher_ckpt": str(teacher_ckpt),
+        "output_dir": str(work / name / "run"),
+        "ckpt_dir": str(work / name / "models"),
+        "val_interval": 10**6,  # no validation at the end of the timed epoch: it is not part of an iteration
+    }
+    if "preflight" in parser.get(""):  # the datalist check: the benchmark's demo splits lack classes by design
+        overrides["preflight"] = False
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def write_rgb_dicom(path: Path, rgb: np.ndarray) -> None:
+    """An 8-bit RGB Secondary Capture DICOM file with the same pixels as a demo PNG."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    sop = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    ds.PatientID = "BENCHMARK"
+    ds.set_pixel_data(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB", 8, generate_instance_uid=False)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def plain(value: Any) -> torch.Tensor:
+    return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+
+
+# --------------------------------------------------------------------------------------------------- phases
+
+
+def bench_saliency(
+    settings: Settings, images: torch.Tensor, network: torch.nn.Module, teacher: torch.nn.Module, task: str
+) -> dict[str, Any]:
+    """Maps/s of each method on the same images; per-image methods on the first ``per_image_images`` of them."""
+    device = images.device
+    options: dict[str, dict[str, Any]] = {
+        "smoothgrad": {"n_samples": settings.smoothgrad_samples},
+        "occlusion": {"mask_size": settings.occlusion_mask_size, "overlap": settings.occlusion_overlap},
+    }
+    results: dict[str, Any] = {}
+    for name in ("medtex", *POSTHOC):
+        model = network if name == "medtex" else teacher
+        method = make_saliency(name, model, task=task, **options.get(name, {}))
+        per_image = name in PER_IMAGE
+        x = images[: settings.per_image_images] if per_image else images[: settings.saliency_batch]
+        repeats = settings.per_image_repeats if per_image else settings.repeats
+        # warm-up: one call on what a timed call runs (a single image for methods that loop over images),
+        # counting the images that pass through the network's forward per map
+        counted = network.student if name == "medtex" else teacher
+        seen = []
+        hook = counted.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].shape[0]))
+        warm = x[:1] if per_image else x
+        method(warm)
+        hook.remove()
+        seconds = median_seconds(lambda: method(x), repeats, 0, device)
+        results[name] = {
+            "maps_per_second": x.shape[0] / seconds,
+            "seconds_per_map": seconds / x.shape[0],
+            "images": x.shape[0],
+            "repeats": repeats,
+            "warmup": "one call on one image" if per_image else "one call on the same images",
+            "model": "explainer + student (explain)" if name == "medtex" else "teacher",
+            "forward_images_per_map": sum(seen) / warm.shape[0],
+            "options": options.get(name, {}),
+        }
+        say(f"saliency {name}: {results[name]['maps_per_second']:.3g} maps/s on {x.shape[0]} image(s)")
+    return results
+
+
+def bench_inference(
+    settings: Settings, images: torch.Tensor, network: torch.nn.Module, teacher: torch.nn.Module
+) -> dict[str, Any]:
+    """Latency at batch 1 and throughput at the batch size, teacher vs explainer + student, with peak memory."""
+    device = images.device
+    memory = PeakMemory(device)
+    batch = images[torch.arange(settings.batch_size) % images.shape[0]]
+    results: dict[str, Any] = {}
+    for name, model, call in (("teacher", teacher, teacher), ("medtex", network, network.explain)):
+        model.eval()
+        memory.reset()
+        with torch.inference_mode():
+            latency = median_seconds(lambda: call(batch[:1]), settings.repeats, settings.warmup, device)
+            seconds = median_seconds(lambda: call(batch), settings.repeats, settings.warmup, device)
+        parts = {}
+        if name == "medtex":  # where the explainer + student's time goes
+            with torch.inference_mode():
+                for part in ("explainer", "student"):
+                    module = getattr(network, part)
+                    seconds_part = median_seconds(lambda: module(batch[:1]), settings.repeats, settings.warmup, device)
+                    parts[f"{part}_latency_ms_batch1"] = 1000.0 * seconds_part
+        results[name] = {
+            **parts,
+            "latency_ms_batch1": 1000.0 * latency,
+            "throughput_images_per_second": settings.batch_size / seconds,
+            "seconds_per_batch": seconds,
+            "batch_size": settings.batch_size,
+            "parameters": count_parameters(model),
+            "memory": memory.read(),
+        }
+        say(
+            f"inference {name}: {1000 * latency:.1f} ms at batch 1, "
+            f"{settings.batch_size / seconds:.3g} images/s at batch {settings.batch_size}"
+        )
+    return results
+
+
+def bench_data_loading(settings: Settings, parser: ConfigParser, work: Path) -> dict[str, Any]:
+    """Decoding (PNG, DICOM), the training transforms uncached and cached, and the cached training loader."""
+    dataset = parser.get_parsed_content("train#dataset")
+    loader = parser.get_parsed_content("train#dataloader")
+    transform = parser.get_parsed_content("train#preprocessing")
+    items = [dict(item) for item in dataset.data][: settings.n_train]
+    dicom_dir = work / "dicom"
+    dicom_dir.mkdir(exist_ok=True)
+    dicom_items = []
+    for item in items:
+        target = dicom_dir / (Path(item["image"]).stem + ".dcm")
+        with Image.open(item["image"]) as image:
+            write_rgb_dicom(target, np.asarray(image.convert("RGB")))
+        dicom_items.append({**item, "image": str(target)})
+    reader = LoadMedicalImage()
+    cpu = torch.device("cpu")
+
+    def rate(function: Callable[[dict], Any], data: list[dict]) -> float:
+        seconds = median_seconds(lambda: [function(item) for item in data], settings.repeats, settings.warmup, cpu)
+        return len(data) / seconds
+
+    results: dict[str, Any] = {
+        "decode_png_images_per_second": rate(lambda item: reader(item["image"]), items),
+        "decode_dicom_images_per_second": rate(lambda item: reader(item["image"]), dicom_items),
+        "uncached_png_images_per_second": rate(lambda item: transform(dict(item)), items),
+        "uncached_dicom_images_per_second": rate(lambda item: transform(dict(item)), dicom_items),
+        "cached_images_per_second": rate(
+            lambda item: dataset[item["index"]], [{"index": i} for i in range(len(items))]
+        ),
+    }
+    results["cached_speedup_vs_uncached_png"] = (
+        results["cached_images_per_second"] / results["uncached_png_images_per_second"]
+    )
+
+    def epoch() -> None:
+        for _ in loader:
+            pass
+
+    images_per_epoch = len(loader) * settings.batch_size if loader.drop_last else len(dataset)
+    seconds = median_seconds(epoch, settings.repeats, settings.warmup, cpu)
+    results.update(
+        loader_images_per_second=images_per_epoch / seconds,
+        loader_seconds_per_epoch=seconds,
+        loader_images_per_epoch=images_per_epoch,
+        loader_num_workers=loader.num_workers,
+        dataset_images=len(dataset),
+        source_image_size=settings.image_size,
+        files_decoded=len(items),
+    )
+    say(
+        f"data: PNG decode {results['decode_png_images_per_second']:.3g}/s, DICOM "
+        f"{results['decode_dicom_images_per_second']:.3g}/s, uncached {results['uncached_png_images_per_second']:.3g}"
+        f"/s, cached {results['cached_images_per_second']:.3g}/s, loader {results['loader_images_per_second']:.3g}/s"
+    )
+    return results
+
+
+def hand_written_loop(parser: ConfigParser, device: torch.device, amp: bool, zero_to_none: bool) -> Callable:
+    """One MED-TEX iteration in plain PyTorch: what ``MedTexTrainer._iteration`` computes, without the engine."""
+    network = parser.get_parsed_content("network")
+    teacher = parser.get_parsed_content("teacher").to(device)
+    loss_function = parser.get_parsed_content("loss")
+    optimizer = parser.get_parsed_content("optimizer")
+    layers = parser.get_parsed_content("student_feature_layers")
+    use_vid = loss_function.weights["vid"] > 0
+    # its own hooks: the engine's (on the same modules) stay attached, and each records over the other's outputs
+    student_features = FeatureRecorder(network.student, layers) if use_vid else None
+    use_fidelity = loss_function.weights["fidelity"] > 0
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    autocast = (lambda: torch.autocast("cuda")) if amp else contextlib.nullcontext
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        inputs, targets = batch["image"].to(device), batch["label"].to(device)
+        with torch.inference_mode():
+            teacher_logits, teacher_features = teacher(inputs)
+        teacher_logits = teacher_logits.clone()
+        teacher_features = [f.clone() for f in teacher_features]
+        network.train()
+        optimizer.zero_grad(set_to_none=zero_to_none)
+        with autocast():
+            logits, mask = network.explain(inputs)
+            features = student_features.features if student_features is not None else []
+            masked_logits = teacher(network.apply_mask(inputs, mask))[0] if use_fidelity else None
+            terms = loss_function(logits, targets, teacher_logits, mask, features, teacher_features, masked_logits)
+        if scaler is not None:
+            scaler.scale(terms["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            terms["loss"].backward()
+            optimizer.step()
+
+    return step
+
+
+def bench_training(settings: Settings, parser: ConfigParser) -> dict[str, Any]:
+    """Seconds per iteration: the bundle's engine vs the hand-written loop, on the same batches, interleaved.
+
+    The engine runs one epoch over the pre-built batches; between two of its iterations (when it asks for the next
+    batch) the hand-written loop runs one step, so that both see the same machine load. An engine iteration's time
+    is the time between two ``ITERATION_COMPLETED`` events (fired after the config's handlers: events, handlers and
+    decollation included) less the loop step timed in between.
+    """
+    device = parser.get_parsed_content("device")
+    trainer = parser.get_parsed_content("train#trainer")
+    loader = parser.get_parsed_content("train#dataloader")
+    n_batches = settings.warmup + settings.repeats
+    batches: list[dict[str, torch.Tensor]] = []
+    while len(batches) < n_batches:
+        batches += [batch for _, batch in zip(range(n_batches - len(batches)), loader)]
+    amp = bool(trainer.amp and trainer.scaler is not None)
+    step = hand_written_loop(parser, device, amp, bool(trainer.optim_set_to_none))
+
+    completed: list[float] = []
+    loop_seconds: list[float] = []
+
+    def stamp(_engine: Any) -> None:
+        synchronize(device)
+        completed.append(time.perf_counter())
+
+    def timed_step(batch: dict[str, torch.Tensor]) -> None:
+        synchronize(device)
+        start = time.perf_counter()
+        step(batch)
+        synchronize(device)
+        loop_seconds.append(time.perf_counter() - start)
+
+    def feed() -> Iterator[dict[str, torch.Tensor]]:
+        for i, batch in enumerate(batches):
+            if i > 0:
+                timed_step(batches[i - 1])  # the loop's step i, before the engine's iteration i + 1
+            yield batch
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
+    trainer.data_loader = feed()
+    trainer.state.epoch_length = len(batches)
+    trainer.state.max_epochs = 1
+    memory = PeakMemory(device)
+    memory.reset()
+    trainer.run()
+    timed_step(batches[-1])
+    training_memory = memory.read()
+    # engine iteration i (1-based, i >= 2) took completed[i-1] - completed[i-2], less loop step i-1 run in between
+    engine = [completed[i - 1] - completed[i - 2] - loop_seconds[i - 2] for i in range(2, len(batches) + 1)]
+    engine_seconds = statistics.median(engine[settings.warmup - 1 :])
+    loop = statistics.median(loop_seconds[settings.warmup :])
+    say(f"training: engine {engine_seconds:.3g} s, hand-written loop {loop:.3g} s per iteration")
+    teacher = parser.get_parsed_content("teacher")
+    return {
+        "engine_seconds_per_iteration": engine_seconds,
+        "loop_seconds_per_iteration": loop,
+        "engine_images_per_second": settings.batch_size / engine_seconds,
+        "loop_images_per_second": settings.batch_size / loop,
+        "engine_seconds_all": engine,
+        "loop_seconds_all": loop_seconds,
+        "batch_size": settings.batch_size,
+        "iterations_timed": settings.repeats,
+        "warmup_iterations": settings.warmup,
+        "amp": amp,
+        "teacher_bf16": teacher.bf16 is True or (teacher.bf16 == "auto" and native_bf16(device.type)),
+        "memory": training_memory,
+    }
+
+
+def check_targets(results: dict[str, Any]) -> dict[str, Any]:
+    targets = {}
+    for key, comparison, target in TARGETS:
+        value = results[key]
+        met = value >= target if comparison == ">=" else value <= target
+        targets[key] = {"value": value, "target": f"{comparison} {target:g}", "met": bool(met)}
+    return targets
+
+
+# --------------------------------------------------------------------------------------------------- report
+
+
+def number(value: float) -> str:
+    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 1e6):
+        return f"{int(value):,}"
+    if not math.isfinite(value):
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def reduced_posthoc(s: dict[str, Any]) -> bool:
+    """Whether SmoothGrad or occlusion ran with fewer passes than the full run's settings."""
+    full_mask = max(2, s["image_size"] // OCCLUSION_MASK_FRACTION)
+    return (
+        s["smoothgrad_samples"] < SMOOTHGRAD_SAMPLES
+        or s["occlusion_mask_size"] > full_mask
+        or s["occlusion_overlap"] < OCCLUSION_OVERLAP
+    )
+
+
+def yes_no(value: bool, no: str = "no") -> str:
+    return "yes" if value else no
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A markdown table; columns of numbers are right-aligned."""
+    numeric = [all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    for row in rows:
+        cells = (number(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else str(c) for c in row)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def write_markdown(path: Path, results: dict[str, Any]) -> None:
+    s, m = results["settings"], results["machine"]
+    sal, inf, train, data = results["saliency_details"], results["inference"], results["training"], results["loading"]
+    cuda = m["device"].startswith("cuda")
+    where = f"GPU {m['device_name']} ({m['device']})" if cuda else f"CPU only ({m['device']})"
+    lines = [
+        "# Performance",
+        "",
+        f"Measured by `{s['command']}` on {results['created']} in {results['wall_seconds']:.0f} s"
+        + (" (`--quick`: a smoke run with fewer repeats and passes)." if s["quick"] else "."),
+        "Each figure is the median of several timed runs after warm-up, and every ratio divides two figures measured"
+        " in this same run, on the same machine and images. Networks, data pipeline and trainer come from"
+        " `configs/train.yaml` (fundus demo task); the teacher is a randomly initialised DenseNet121 (timing does not"
+        " depend on the weights).",
+        "",
+        "| machine | |",
+        "|---|---|",
+        f"| device | {where} |",
+        f"| CPU | {m['cpu']}, {m['logical_cores']} logical cores ({m['usable_cores']} usable) |",
+        f"| torch threads | {m['torch_threads']} |",
+        f"| software | Python {m['python']}, torch {m['torch']}, MONAI {m['monai']} |",
+        f"| platform | {m['platform']} |",
+        "",
+        f"Settings: {s['image_size']} px images, batch {s['batch_size']} (training, throughput), saliency on"
+        f" {s['saliency_batch']} image(s) ({s['per_image_images']} for SmoothGrad and occlusion), {s['repeats']}"
+        f" repeats ({s['per_image_repeats']} for SmoothGrad and occlusion) after {s['warmup']} warm-up,"
+        f" {s['num_workers']} loader worker(s).",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += table(
+        ("measure", "value", "target", "met"),
+        [(f"`{k}`", t["value"], t["target"], yes_no(t["met"], "**no**")) for k, t in results["targets"].items()],
+    )
+    lines += ["## Saliency maps per second", ""]
+    rows = []
+    for name, r in sal.items():
+        speedup = "-" if name == "medtex" else results[f"saliency_speedup_vs_{name}"]
+        rows.append(
+            (name, r["model"], r["maps_per_second"], 1000.0 * r["seconds_per_map"], speedup)
+            + (r["forward_images_per_map"], r["images"], r["repeats"])
+        )
+    header = ("method", "network", "maps/s", "ms per map", "MED-TEX speedup", "forward images per map", "images")
+    lines += table(header + ("repeats",), rows)
+    lines += [
+        f"MED-TEX: one `explain` call (explainer + student; no teacher). Others: `bundle.explain.make_saliency` on the"
+        f" teacher. SmoothGrad: {s['smoothgrad_samples']} samples; occlusion: {s['occlusion_mask_size']} px patches,"
+        f" overlap {s['occlusion_overlap']:g}"
+        + (
+            f" (fewer samples or passes than the full run's {SMOOTHGRAD_SAMPLES} samples and"
+            f" image_size // {OCCLUSION_MASK_FRACTION} patches with overlap {OCCLUSION_OVERLAP:g}: those methods look"
+            " faster here, so the speedups against them are lower bounds)."
+            if reduced_posthoc(s)
+            else " (the defaults of scripts/compare_saliency.py)."
+        ),
+        "",
+        "## Inference latency and throughput",
+        "",
+    ]
+    rows = []
+    for name, label in (("teacher", "teacher (DenseNet121)"), ("medtex", "explainer + student (`explain`)")):
+        r = inf[name]
+        rows.append((label, r["parameters"], r["latency_ms_batch1"], r["throughput_images_per_second"]))
+    lines += table(("network", "parameters", "latency, batch 1 (ms)", f"images/s, batch {s['batch_size']}"), rows)
+    lines += [
+        f"Speedup of explainer + student over the teacher: **{number(results['student_speedup_vs_teacher'])}x**"
+        f" latency at batch 1, {number(results['student_throughput_speedup_vs_teacher'])}x throughput. At batch 1 the"
+        f" explainer alone takes {number(inf['medtex']['explainer_latency_ms_batch1'])} ms and the student alone"
+        f" {number(inf['medtex']['student_latency_ms_batch1'])} ms. Both networks in fp32"
+        " under `torch.inference_mode`, in the config's memory format; the explainer + student returns the logits"
+        " and the saliency mask in this one pass.",
+        "",
+        "## Training: engine overhead",
+        "",
+    ]
+    lines += table(
+        ("loop", "s per iteration", "images/s"),
+        [
+            ("bundle engine (`MedTexTrainer`, config handlers)", train["engine_seconds_per_iteration"])
+            + (train["engine_images_per_second"],),
+            ("hand-written PyTorch loop", train["loop_seconds_per_iteration"], train["loop_images_per_second"]),
+        ],
+    )
+    lines += [
+        f"Engine overhead: **{number(results['engine_overhead'])}** (engine / loop), batch {train['batch_size']},"
+        f" median of {train['iterations_timed']} iterations after {train['warmup_iterations']} warm-up. Both run the"
+        " same computation (teacher pass under `torch.inference_mode` with hooked features, explainer + student,"
+        " the teacher on the masked image for the fidelity term, the config's `MedTexLoss`, backward, AdamW step) on"
+        " the same pre-built batches, so data loading is excluded, and they alternate iteration by iteration so that"
+        " both see the same machine load. The engine's time includes its events, handlers (metrics, TensorBoard,"
+        " progress bar) and decollation; validation is off for the timed epoch."
+        f" Teacher passes in bfloat16: {yes_no(train['teacher_bf16'])}; AMP: {yes_no(train['amp'])}.",
+        "",
+        "## Data loading",
+        "",
+    ]
+    lines += table(
+        ("pipeline", "images/s"),
+        [
+            ("decode PNG (`LoadMedicalImage`)", data["decode_png_images_per_second"]),
+            ("decode DICOM, same pixels (`LoadMedicalImage`)", data["decode_dicom_images_per_second"]),
+            ("training transforms, uncached, from PNG", data["uncached_png_images_per_second"]),
+            ("training transforms, uncached, from DICOM", data["uncached_dicom_images_per_second"]),
+            ("training transforms, cached (augmentation only)", data["cached_images_per_second"]),
+            (f"cached training loader, {data['loader_num_workers']} worker(s)", data["loader_images_per_second"]),
+            ("one training iteration consumes (engine)", train["engine_images_per_second"]),
+        ],
+    )
+    lines += [
+        f"Loader headroom: **{number(results['loader_headroom'])}x** (loader images/s / images/s one training"
+        f" iteration consumes). Cached vs uncached (PNG): {number(data['cached_speedup_vs_uncached_png'])}x."
+        f" Demo images are {data['source_image_size']} px; decoding and transforms run in the main process, one image"
+        f" at a time ({data['files_decoded']} files); the loader rate is whole epochs of"
+        f" {data['loader_images_per_epoch']} images (the {data['files_decoded']} files repeated), worker start-up"
+        " included. On a CPU the loader workers and"
+        " training share the same cores.",
+        "",
+        "## Memory",
+        "",
+    ]
+    memory = (
+        ("training (engine and loop, interleaved)", train["memory"]),
+        (f"inference, teacher (batch {s['batch_size']})", inf["teacher"]["memory"]),
+        (f"inference, explainer + student (batch {s['batch_size']})", inf["medtex"]["memory"]),
+    )
+    lines += table(
+        ("phase", "peak (MiB)", "at phase start (MiB)", "increase (MiB)"),
+        [(label, r["peak_mib"], r["start_mib"], r["increase_mib"]) for label, r in memory],
+    )
+    lines += [f"Measured: {train['memory']['what']}.", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+def run(settings: Settings, work: Path) -> dict[str, Any]:
+    """Every measurement in one process; returns the JSON document."""
+    device = torch.device("cuda:0" if settings.device == "cuda" else "cpu")
+    say(f"demo data: {settings.n_train} fundus images at {settings.image_size} px in {work}")
+    datalist = generate_demo_data("fundus", work / "data", settings.n_train, 2, 0, size=settings.image_size)
+    # the training list repeats the files up to an epoch of loader_images entries (the demo's MED-TEX epoch has 300
+    # images): a loader epoch of a few batches would time little more than the workers' start-up
+    files = datalist["training"]
+    datalist["training"] = [dict(files[i % len(files)]) for i in range(settings.loader_images)]
+    save_datalist(work / "data" / "datalist.json", datalist)
+    teacher_ckpt = work / "teacher.pt"
+    parser = load_config(settings, work, teacher_ckpt, "inference")
+    teacher_net = parser.get_parsed_content("teacher_def")
+    torch.save(teacher_net.state_dict(), teacher_ckpt)
+    memory_format = parser.get_parsed_content("memory_format")
+    teacher = FrozenTeacher(teacher_ckpt, network=teacher_net.to(memory_format=memory_format)).to(device).network
+    network = parser.get_parsed_content("network").eval()
+    preprocessing = parser.get_parsed_content("preprocessing")
+    items = load_datalist(parser.get_parsed_content("datalist"), "training")[: settings.n_train]
+    images = torch.stack([plain(preprocessing(dict(item))["image"]).float() for item in items]).to(device)
+
+    say("saliency")
+    saliency = bench_saliency(settings, images, network, teacher, parser.get_parsed_content("task"))
+    say("inference")
+    inference = bench_inference(settings, images, network, teacher)
+    del teacher, network, parser
+    gc.collect()
+
+    say("training workflow from configs/train.yaml (initialize: builds the trainer, caches the data set)")
+    parser = load_config(settings, work, teacher_ckpt, "training")
+    parser.get_parsed_content("initialize")
+    say("data loading")
+    loading = bench_data_loading(settings, parser, work)
+    say("training")
+    training = bench_training(settings, parser)
+
+    # what every figure was measured with (the machine is recorded once, in "machine")
+    context = {"image_size": settings.image_size, "threads": torch.get_num_threads(), "device": str(device)}
+    for record in (*saliency.values(), *inference.values(), training, loading):
+        record.update(context)
+    results: dict[str, Any] = {
+        f"saliency_speedup_vs_{name}": saliency["medtex"]["maps_per_second"] / saliency[name]["maps_per_second"]
+        for name in POSTHOC
+    }
+    results["saliency"] = {name: r["maps_per_second"] for name, r in saliency.items()}
+    results["saliency_details"] = saliency
+    teacher_latency, student_latency = (inference[n]["latency_ms_batch1"] for n in ("teacher", "medtex"))
+    results["student_speedup_vs_teacher"] = teacher_latency / student_latency
+    results["student_throughput_speedup_vs_teacher"] = (
+        inference["medtex"]["throughput_images_per_second"] / inference["teacher"]["throughput_images_per_second"]
+    )
+    results["teacher_latency_ms_batch1"] = teacher_latency
+    results["student_latency_ms_batch1"] = student_latency
+    results["teacher_throughput_images_per_second"] = inference["teacher"]["throughput_images_per_second"]
+    results["student_throughput_images_per_second"] = inference["medtex"]["throughput_images_per_second"]
+    results["teacher_params"] = inference["teacher"]["parameters"]
+    results["student_params"] = inference["medtex"]["parameters"]
+    results["inference"] = inference
+    results["engine_overhead"] = training["engine_seconds_per_iteration"] / training["loop_seconds_per_iteration"]
+    results["training"] = training
+    results["loader_headroom"] = loading["loader_images_per_second"] / training["engine_images_per_second"]
+    results["loading"] = loading
+    results["memory"] = {
+        "training_peak_mib": training["memory"]["peak_mib"],
+        "inference_teacher_peak_mib": inference["teacher"]["memory"]["peak_mib"],
+        "inference_student_peak_mib": inference["medtex"]["memory"]["peak_mib"],
+        "what": training["memory"]["what"],
+    }
+    results["targets"] = check_targets(results)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _CLOCK["start"] = time.perf_counter()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = make_settings(args, argv)
+    device = torch.device("cuda:0" if settings.device == "cuda" else "cpu")
+    with tempfile.TemporaryDirectory(prefix="medtex-benchmark-") as tmp:
+        results = run(settings, Path(tmp))
+    results["machine"] = machine_info(device)
+    results["settings"] = asdict(settings)
+    results["created"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results["wall_seconds"] = time.perf_counter() - _CLOCK["start"]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(args.md, results)
+    for key, target in results["targets"].items():
+        say(f"{key} = {number(target['value'])} (target {target['target']}: {'met' if target['met'] else 'NOT met'})")
+    say(f"JSON: {args.json.resolve()}")
+    say(f"markdown report: {args.md.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

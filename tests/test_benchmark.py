@@ -1,0 +1,132 @@
+"""scripts/benchmark.py in-process on tiny settings: every required figure, ratios of the reported measurements,
+machine and settings recorded, and a report with each section."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import benchmark  # noqa: E402
+
+RATIOS = (
+    "saliency_speedup_vs_gradcam",
+    "saliency_speedup_vs_gradcampp",
+    "saliency_speedup_vs_smoothgrad",
+    "saliency_speedup_vs_occlusion",
+    "student_speedup_vs_teacher",
+    "engine_overhead",
+    "loader_headroom",
+)
+METHODS = ("medtex", "gradcam", "gradcampp", "smoothgrad", "occlusion")
+SECTIONS = (
+    "## Targets",
+    "## Saliency maps per second",
+    "## Inference latency and throughput",
+    "## Training: engine overhead",
+    "## Data loading",
+    "## Memory",
+)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("benchmark")
+    argv = ["--quick", "--image-size", "32", "--batch-size", "2", "--repeats", "2", "--num-workers", "0"]
+    argv += ["--json", str(out / "benchmark.json"), "--md", str(out / "PERFORMANCE.md")]
+    assert benchmark.main(argv) == 0
+    return json.loads((out / "benchmark.json").read_text()), (out / "PERFORMANCE.md").read_text()
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def test_every_required_figure_is_a_finite_positive_number(report):
+    results, _ = report
+    for key in (*RATIOS, "teacher_params", "student_params"):
+        assert positive(results[key]), key
+    assert set(results["saliency"]) == set(METHODS)
+    assert all(positive(v) for v in results["saliency"].values())
+    for name in ("teacher", "medtex"):
+        figures = results["inference"][name]
+        assert positive(figures["latency_ms_batch1"]) and positive(figures["throughput_images_per_second"])
+        assert figures["batch_size"] == 2 and figures["image_size"] == 32
+    for key in ("engine_seconds_per_iteration", "loop_seconds_per_iteration", "engine_images_per_second"):
+        assert positive(results["training"][key]), key
+    loading = results["loading"]
+    for key in (
+        "decode_png_images_per_second",
+        "decode_dicom_images_per_second",
+        "uncached_png_images_per_second",
+        "cached_images_per_second",
+        "loader_images_per_second",
+    ):
+        assert positive(loading[key]), key
+    memory = results["memory"]
+    for key in ("training_peak_mib", "inference_teacher_peak_mib", "inference_student_peak_mib"):
+        assert positive(memory[key]), key
+    assert memory["what"]
+    assert results["student_params"] < results["teacher_params"]
+
+
+def test_ratios_are_ratios_of_the_reported_measurements(report):
+    results, _ = report
+    saliency = results["saliency"]
+    for name in METHODS[1:]:
+        assert results[f"saliency_speedup_vs_{name}"] == pytest.approx(saliency["medtex"] / saliency[name], rel=1e-9)
+    inference = results["inference"]
+    teacher, student = inference["teacher"]["latency_ms_batch1"], inference["medtex"]["latency_ms_batch1"]
+    assert results["student_speedup_vs_teacher"] == pytest.approx(teacher / student, rel=1e-9)
+    training = results["training"]
+    engine, loop = training["engine_seconds_per_iteration"], training["loop_seconds_per_iteration"]
+    assert results["engine_overhead"] == pytest.approx(engine / loop, rel=1e-9)
+    assert training["engine_images_per_second"] == pytest.approx(2 / engine, rel=1e-9)
+    loader = results["loading"]["loader_images_per_second"]
+    assert results["loader_headroom"] == pytest.approx(loader / training["engine_images_per_second"], rel=1e-9)
+    assert results["teacher_params"] == inference["teacher"]["parameters"]
+
+
+def test_machine_settings_and_targets_are_recorded(report):
+    results, _ = report
+    machine = results["machine"]
+    for key in ("cpu", "logical_cores", "torch", "monai", "torch_threads", "device_name", "python", "platform"):
+        assert machine[key], key
+    settings = results["settings"]
+    assert settings["quick"] is True and settings["image_size"] == 32 and settings["batch_size"] == 2
+    assert settings["repeats"] == 2 and "--quick" in settings["command"]
+    targets = results["targets"]
+    assert set(targets) == {
+        "saliency_speedup_vs_gradcam",
+        "saliency_speedup_vs_occlusion",
+        "student_speedup_vs_teacher",
+        "engine_overhead",
+        "loader_headroom",
+    }
+    for key, target in targets.items():
+        assert target["value"] == results[key]
+        limit = float(target["target"].split()[1])
+        assert target["met"] == (results[key] <= limit if target["target"].startswith("<=") else results[key] >= limit)
+
+
+def test_markdown_has_every_section_with_machine_and_command(report):
+    results, markdown = report
+    positions = [markdown.index(section) for section in SECTIONS]
+    assert positions == sorted(positions)
+    assert results["settings"]["command"] in markdown
+    assert results["machine"]["cpu"] in markdown
+    for method in METHODS:
+        assert f"| {method} |" in markdown
+
+
+def test_rejects_bad_arguments():
+    for argv in (["--image-size", "16"], ["--batch-size", "0"], ["--occlusion-overlap", "1.0"]):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(argv)
