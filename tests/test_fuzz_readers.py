@@ -1,0 +1,148 @@
+"""Fuzzing the image reading path: mutated bytes of real PNG, JPEG, DICOM (plain and RLE) and NIfTI files either
+read as an image in [0, 1] or raise the bundle's documented ``ImageReadError``, each within a time limit and with
+bounded memory. Derandomised, so CI runs the same cases every time; hypothesis shrinks any failure it finds."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+
+from bundle.data.readers import ImageReadError, MedicalImageReader
+
+SECONDS_PER_FILE = 2.0
+MAX_PIXELS = 64 * 64 * 3  # every seed is at most this large; a mutated header must not conjure a bigger image
+
+
+def _png(mode: str) -> bytes:
+    rng = np.random.default_rng(0)
+    array = (rng.random((24, 20, 3)) * 255).astype(np.uint8) if mode == "RGB" else (rng.random((24, 20)) * 4000)
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8 if mode == "RGB" else np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray((np.random.default_rng(1).random((24, 20, 3)) * 255).astype(np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _dicom(compressed: bool) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "CT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 24, 20, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (np.random.default_rng(2).random((24, 20)) * 4000).astype(np.uint16).tobytes()
+    if compressed:
+        ds.compress(RLELossless)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _nifti(gzipped: bool) -> bytes:
+    image = nib.Nifti1Image(np.random.default_rng(3).random((20, 24)).astype(np.float32), np.eye(4))
+    data = image.to_bytes()
+    if gzipped:
+        import gzip
+
+        return gzip.compress(data, mtime=0)
+    return data
+
+
+SEEDS = {
+    "rgb.png": _png("RGB"),
+    "gray16.png": _png("I;16"),
+    "photo.jpg": _jpeg(),
+    "ct.dcm": _dicom(compressed=False),
+    "rle.dcm": _dicom(compressed=True),
+    "scan.nii": _nifti(gzipped=False),
+    "scan.nii.gz": _nifti(gzipped=True),
+}
+
+
+@st.composite
+def mutated_files(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A seed file with some bytes replaced, a slice cut out or random bytes inserted, and maybe truncated."""
+    name = draw(st.sampled_from(sorted(SEEDS)))
+    data = bytearray(SEEDS[name])
+    for _ in range(draw(st.integers(0, 8))):
+        position = draw(st.integers(0, len(data) - 1))
+        data[position] = draw(st.integers(0, 255))
+    if draw(st.booleans()):
+        start = draw(st.integers(0, len(data) - 1))
+        del data[start : start + draw(st.integers(1, 64))]
+    if draw(st.booleans()):
+        position = draw(st.integers(0, len(data)))
+        data[position:position] = draw(st.binary(min_size=1, max_size=32))
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(1, len(data)))]
+    return name, bytes(data)
+
+
+def test_every_seed_reads_unmutated(tmp_path):
+    for name, data in SEEDS.items():
+        (tmp_path / name).write_bytes(data)
+        array, _ = MedicalImageReader().read_file(tmp_path / name)
+        assert array.size > 0 and 0.0 <= array.min() <= array.max() <= 1.0, name
+
+
+@settings(
+    max_examples=300,
+    derandomize=True,  # the same cases on every run: a red CI is reproducible
+    deadline=None,  # timed below, with a limit that names the file
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=mutated_files())
+def test_mutated_files_read_or_raise_the_documented_error(tmp_path: Path, case: tuple[str, bytes]):
+    name, data = case
+    path = tmp_path / name
+    path.write_bytes(data)
+    start = time.perf_counter()
+    try:
+        array, meta = MedicalImageReader().read_file(path)
+    except ImageReadError as error:
+        assert error.reason and str(path) in str(error)
+    else:
+        assert np.isfinite(array).all() and 0.0 <= array.min() <= array.max() <= 1.0
+        assert array.size <= MAX_PIXELS, f"{name}: a mutated header read as {array.shape}"
+    assert time.perf_counter() - start < SECONDS_PER_FILE, f"{name}: {time.perf_counter() - start:.1f} s to read"
+
+
+@pytest.mark.parametrize("name", sorted(SEEDS))
+def test_headers_claiming_huge_images_do_not_allocate_them(tmp_path, name):
+    """Bounded memory: the mutations above rarely hit a size field; set them to the maximum on purpose."""
+    data = bytearray(SEEDS[name])
+    if name.endswith(".png"):
+        data[16:24] = (0x7FFFFFFF).to_bytes(4, "big") * 2  # IHDR width and height (CRC now wrong as well)
+    elif name.endswith(".jpg"):
+        marker = data.index(b"\xff\xc0") if b"\xff\xc0" in data else data.index(b"\xff\xc2")
+        data[marker + 5 : marker + 9] = b"\xff\xff\xff\xff"  # SOF height and width
+    elif name.endswith(".dcm"):
+        ds = pydicom.dcmread(io.BytesIO(bytes(data)))
+        ds.Rows = ds.Columns = 65535
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        data = bytearray(buffer.getvalue())
+    else:
+        return  # NIfTI's shape is checked against the data size by nibabel
+    path = tmp_path / name
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageReadError):
+        MedicalImageReader().read_file(path)
