@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-decode", action="store_true", help="only existence, size and content hash (faster)")
     parser.add_argument("--frame", type=int, help="frame/slice to read from multi-frame DICOM or NIfTI volumes")
     parser.add_argument("--workers", type=int, help="file-reading threads (default: CPU count, at most 8)")
+    parser.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder besides the datalist's own that its paths may point into (repeatable; the config's data_roots)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
@@ -45,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         decode=not args.no_decode,
         workers=args.workers,
         frame=args.frame,
+        allowed_roots=args.allow_root,
     )
     print(report.format())
     if args.json is not None:

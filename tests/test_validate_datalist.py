@@ -327,3 +327,32 @@ def test_training_configs_run_the_check_and_skip_leaves_bad_items_out(copy, conf
     images = [Path(item["image"]).name for item in skipping.get_parsed_content("train#dataset").data]
     assert "train_00001.png" not in images and "train_00000.png" in images
     assert len(skipping.get_parsed_content("validate#dataset")) == SPLITS["n_val"]
+
+
+def test_paths_outside_the_dataset_folder_are_refused_unless_allowed(copy, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(copy.parent / "images" / "train_00000.png", elsewhere / "outside.png")
+    (copy.parent / "images" / "train_00001.png").unlink()
+    (copy.parent / "images" / "train_00001.png").symlink_to(elsewhere / "outside.png")  # escapes through a link
+
+    def point_outside(d: dict) -> None:
+        d["training"][0]["image"] = str(elsewhere / "outside.png")
+        d["validation"][0]["image"] = "../elsewhere/outside.png"
+
+    edit(copy, point_outside)
+    refused = preflight(copy, allowed_roots=[])
+    outside = sorted((p.split, p.index) for p in refused.problems if p.kind == "outside_root")
+    assert outside == [("training", 0), ("training", 1), ("validation", 0)] and not refused.ok
+    assert all("data_roots" in p.message for p in refused.problems if p.kind == "outside_root")
+    allowed = preflight(copy, allowed_roots=[elsewhere])
+    assert not any(p.kind == "outside_root" for p in allowed.problems)
+    assert not any(p.kind == "outside_root" for p in preflight(copy).problems)  # the API's default: no check
+    assert validate_datalist.main([str(copy)]) == 1
+    assert "outside_root" not in {p.kind for p in preflight(copy, allowed_roots=[elsewhere]).problems}
+
+    config = ConfigParser()
+    config.read_config(str(CONFIGS / "train_teacher.yaml"))
+    config.update({"dataset_dir": str(copy.parent)})
+    with pytest.raises(SystemExit, match="outside_root"):
+        config.get_parsed_content("preflight_report")

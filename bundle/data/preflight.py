@@ -24,6 +24,7 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ POLICIES = ("error", "skip")
 LABELLED_SPLITS = ("training", "validation", "test")
 # Problems of one item's own files or label: the "skip" policy drops the item instead of failing.
 LABEL_KINDS = frozenset({"bad_item", "no_image", "missing_label", "bad_label", "label_out_of_range"})
-ITEM_KINDS = LABEL_KINDS | {"missing_file", "zero_byte", "unreadable", "non_finite"}
+ITEM_KINDS = LABEL_KINDS | {"outside_root", "missing_file", "zero_byte", "unreadable", "non_finite"}
 # Listing order: the datalist itself, then labels, files, leakage, classes.
 KIND_ORDER = (
     "missing_datalist",
@@ -57,6 +58,7 @@ KIND_ORDER = (
     "zero_byte",
     "unreadable",
     "non_finite",
+    "outside_root",
     "split_overlap_path",
     "split_overlap_patient",
     "duplicate_content",
@@ -189,6 +191,7 @@ def preflight(
     workers: int | None = None,
     frame: int | None = None,
     progress: bool | None = None,
+    allowed_roots: Sequence[str | os.PathLike] | None = None,
 ) -> Report:
     """Check a datalist and return a :class:`Report` of every problem (see the module docstring).
 
@@ -199,6 +202,8 @@ def preflight(
         workers: threads that read files (default: CPU count, at most 8).
         frame: the reader's ``frame`` (as the config's ``frame``), for multi-frame DICOM and NIfTI volumes.
         progress: a tqdm bar over files; default when there are more than 200 files.
+        allowed_roots: when given, every path must resolve (symlinks followed) inside the datalist's folder or one of
+            these folders; others are ``outside_root`` errors and are not opened. ``None``: no such check.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -215,7 +220,8 @@ def preflight(
         for key in SPLIT_KEYS:
             for i, item in enumerate(lists[key]):
                 _check_label(content["task"], n_classes, key, i, item, base, report)
-    files = _check_files(lists, base, report, decode, workers, frame, progress)
+    roots = None if allowed_roots is None else [base.resolve(), *(Path(r).resolve() for r in allowed_roots)]
+    files = _check_files(lists, base, report, decode, workers, frame, progress, roots)
     bad = {(p.split, p.index) for p in report.problems if p.kind in ITEM_KINDS}
     if policy == "skip":
         for p in report.problems:
@@ -249,13 +255,16 @@ def preflight_or_exit(
     enabled: bool = True,
     frame: int | None = None,
     decode: bool = True,
+    allowed_roots: Sequence[str | os.PathLike] | None = None,
 ) -> Report | None:
     """A config step: raise ``SystemExit`` with the report when the check fails, else return the report (``None``
     when disabled). Under policy ``skip`` the report lists the items to drop (``usable_items`` drops them); warnings
     are logged, not fatal."""
     if not enabled:
         return None
-    report = preflight(datalist, task, num_classes, policy=policy, decode=decode, frame=frame)
+    report = preflight(
+        datalist, task, num_classes, policy=policy, decode=decode, frame=frame, allowed_roots=allowed_roots
+    )
     if not report.ok:
         if policy == "skip":
             remedy = "these problems cannot be skipped: rebuild the splits or fix the datalist's header"
@@ -396,6 +405,7 @@ def _check_files(
     workers: int | None,
     frame: int | None,
     progress: bool | None,
+    roots: list[Path] | None = None,
 ) -> dict[str, _FileResult]:
     """Check each distinct file once (threads), then report per referencing item; return results by path."""
     refs: dict[str, list[tuple[str, int, str, str]]] = defaultdict(list)  # path -> (list, index, key, raw)
@@ -426,7 +436,7 @@ def _check_files(
         chunk = workers * 32  # bounded: at most this many files in flight
         for start in range(0, len(paths), chunk):
             batch = paths[start : start + chunk]
-            done = pool.map(lambda p: _check_file(p, reader, decode, p in hashed), batch)
+            done = pool.map(lambda p: _check_file(p, reader, decode, p in hashed, roots), batch)
             for path, result in zip(batch, done):
                 results[path] = result
                 bar.update(1)
@@ -439,9 +449,19 @@ def _check_files(
     return results
 
 
-def _check_file(path: str, reader: MedicalImageReader, decode: bool, want_hash: bool) -> _FileResult:
-    """Existence, size, content hash, decoding and finite values of one file; never raises."""
+def _check_file(
+    path: str, reader: MedicalImageReader, decode: bool, want_hash: bool, roots: list[Path] | None = None
+) -> _FileResult:
+    """Where it points, existence, size, content hash, decoding and finite values of one file; never raises."""
     try:
+        if roots is not None and not any(Path(path).resolve().is_relative_to(root) for root in roots):
+            where = ", ".join(str(r) for r in roots)
+            return _FileResult(
+                "outside_root",
+                f"resolves outside the dataset's folders ({where}); not opened. Allow its folder with the config "
+                "value data_roots (validate_datalist.py --allow-root)",
+                None,
+            )
         if not os.path.exists(path):
             return _FileResult("missing_file", "file not found", None)
         if not os.path.isfile(path):
