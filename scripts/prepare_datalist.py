@@ -17,10 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import argparse  # noqa: E402
 import inspect  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bundle.data.converters import CONVERTERS  # noqa: E402
-from bundle.data.datalist import SPLIT_KEYS, save_datalist  # noqa: E402
+from bundle.data.datalist import ITEM_LIST_KEYS, SPLIT_KEYS, load_datalist, save_datalist  # noqa: E402
 from bundle.data.splits import select_labeled  # noqa: E402
 
 # command-line option -> converter keyword; an option a format's converter does not take is an error
@@ -132,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     task = f"{datalist['task']}, {len(datalist['classes'])} classes"
     print(f"wrote {path} ({args.format}: {datalist['name']}, {task}, seed {args.seed})")
     print(summary(datalist))
+    folder = path.parent.resolve()
+    outside = {
+        str(Path(item[k]).resolve().parent)
+        for key in ITEM_LIST_KEYS
+        for item in load_datalist(path, key)
+        for k in ("image", "mask")
+        if item.get(k) and not Path(item[k]).resolve().is_relative_to(folder)
+    }
+    if outside:  # training refuses paths outside the datalist's folder unless their folder is allowed
+        root = os.path.commonpath(sorted(outside))
+        print(f"images lie outside {path.parent}: train with --data_roots \"['{root}']\"")
     return 0
 
 

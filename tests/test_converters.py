@@ -568,6 +568,7 @@ def test_cli_prepare_datalist(aptos: Path):
     result = subprocess.run(cmd + ["--n-labeled", "20", "--seed", "3"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout and "unlabeled" in result.stdout
+    assert "train with --data_roots \"['" + str(aptos.resolve()) + "']\"" in result.stdout  # images outside lists/
     assert "2 image(s) listed in" in result.stderr
     saved = json.loads(out.read_text())
     assert [len(saved[k]) for k in SPLITS + ("unlabeled",)] == [20, 10, 19, 49 + 3]
