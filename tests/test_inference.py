@@ -129,16 +129,22 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         network.explainer.body.final_conv.weight.mul_(40.0)
     models.mkdir()
     torch.save(network.state_dict(), models / "model.pt")
+    log = run_inference(inputs, out, models, datalist, batch_size=4)
+    return {"inputs": inputs, "out": out, "network": network, "parser": parser, "log": log}
+
+
+def run_inference(inputs: Path, out: Path, models: Path, datalist: Path, batch_size: int) -> str:
+    """configs/inference.yaml through the bundle CLI with the tiny networks of SMALL; its log."""
     args = ["--input_dir", str(inputs), "--output_dir", str(out), "--ckpt_dir", str(models)]
     args += ["--datalist", str(datalist)]  # only for the class names: input_dir replaces its test list
-    args += ["--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--amp", "False"]
+    args += ["--batch_size", str(batch_size), "--num_workers", "0", "--device", "cpu", "--amp", "False"]
     for key, value in SMALL.items():
         args += [f"--{key}", str(value).replace(" ", "")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml"]
     result = subprocess.run(command + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return {"inputs": inputs, "out": out, "network": network, "parser": parser, "log": result.stdout + result.stderr}
+    return result.stdout + result.stderr
 
 
 def read_csv(path: Path) -> list[dict]:

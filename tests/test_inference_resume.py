@@ -4,18 +4,13 @@ outputs, the rest are added, nothing is listed twice, no half-written file survi
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
 import torch
 
 from bundle.data.inference import finished_sources
-from tests.test_inference import CLASSES, SMALL, make_inputs, reference_parser
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_inference import CLASSES, make_inputs, reference_parser, run_inference
 
 
 def rows(path: Path) -> list[list[str]]:
@@ -24,24 +19,7 @@ def rows(path: Path) -> list[list[str]]:
 
 
 def infer(inputs: Path, out: Path, models: Path, datalist: Path) -> str:
-    args = [
-        "--input_dir",
-        str(inputs),
-        "--output_dir",
-        str(out),
-        "--ckpt_dir",
-        str(models),
-        "--datalist",
-        str(datalist),
-    ]
-    args += ["--batch_size", "2", "--num_workers", "0", "--device", "cpu", "--amp", "False"]
-    for key, value in SMALL.items():
-        args += [f"--{key}", str(value).replace(" ", "")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml"]
-    result = subprocess.run(command + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result.stdout + result.stderr
+    return run_inference(inputs, out, models, datalist, batch_size=2)
 
 
 def save_model(datalist: Path, path: Path, seed: int) -> None:
