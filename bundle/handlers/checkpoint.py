@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
+
+from bundle.handlers.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -28,42 +28,9 @@ def latest_checkpoint(directory: str | Path, prefix: str = "train") -> Path | No
 
 
 def atomic_save(checkpoint: Mapping, path: str | Path, save: Callable = torch.save, **kwargs: Any) -> None:
-    """Write ``checkpoint`` to ``path`` so that a reader finds either the old file or the complete new one.
-
-    The bytes go to a temporary file in the same folder, are flushed and fsynced, and the file is renamed over
-    ``path`` (atomic on POSIX and Windows); the folder is fsynced too so the rename survives a power cut. A run killed
-    mid-write leaves at most a ``.*.part`` file, never a truncated checkpoint.
-    """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            save(checkpoint, f, **kwargs)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o644 & ~_umask())  # mkstemp makes it owner-only; checkpoints are shared like other files
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    if not hasattr(os, "O_DIRECTORY"):  # Windows: folders cannot be opened for fsync
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """``save(checkpoint, path)`` through ``write_atomically``: a run killed mid-write leaves the previous file (or
+    none) and at most a hidden ``.part-`` file, never a truncated checkpoint to resume from."""
+    write_atomically(path, lambda tmp: save(checkpoint, tmp, **kwargs))
 
 
 class AtomicCheckpointSaver(CheckpointSaver):

@@ -16,7 +16,7 @@ import csv
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,13 @@ from PIL import Image
 from bundle.data.inference import ERROR_KEY, IMAGE_SUFFIXES, SOURCE_KEY, VALID_KEY
 from bundle.data.readers import MedicalImageReader
 from bundle.engines.evaluator import SALIENCY
+from bundle.handlers.atomic import PART, write_atomically
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_CSV = "predictions.csv"
 ERRORS_CSV = "errors.csv"
 TASKS = ("multiclass", "multilabel")
-_PART = ".part-"  # prefix of outputs being written: hidden, so never listed as inputs
 # longest first, so that "x.nii.gz" loses ".nii.gz" and not only ".gz"
 _STRIP_SUFFIXES = sorted(IMAGE_SUFFIXES, key=len, reverse=True)
 
@@ -60,18 +60,6 @@ def blend_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np
     weight = alpha * np.clip(mask, 0.0, 1.0)[..., None]
     blended = (1.0 - weight) * np.clip(rgb, 0.0, 1.0) + weight * jet(mask)
     return np.round(blended * 255.0).astype(np.uint8)
-
-
-def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` to a hidden ``.part-<name>`` beside ``path`` (same suffix, so writers pick the same format),
-    then rename it into place: a reader or a resumed run sees the whole file or none."""
-    tmp = path.with_name(_PART + path.name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # DICOM PS3.15 Annex E, Basic Application Confidentiality Profile: the attributes a capture copies from its source
@@ -226,7 +214,7 @@ class SaliencyWriter:
         """Create the output folder and both CSV files with their headers, or continue those of a previous run."""
         self._reset()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.output_dir.glob(f"{_PART}*"):  # a file being written when a previous run was killed
+        for leftover in self.output_dir.glob(f"{PART}*"):  # a file being written when a previous run was killed
             leftover.unlink()
         headers = {self.predictions_csv: ["file", *self.class_names, "predicted"], self.errors_csv: ["file", "reason"]}
         if self.resume and all(path.is_file() for path in headers):

@@ -1,0 +1,35 @@
+"""One way to write a file so that a reader, or a run resumed after a kill, sees the whole file or none of it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PART = ".part-"  # prefix of files being written: hidden, so never listed as inputs nor taken for checkpoints
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` to a hidden ``.part-<name>`` beside ``path`` (same suffix, so writers pick the same format),
+    fsync it, rename it over ``path`` (atomic on POSIX and Windows) and fsync the folder so the rename survives a
+    power cut. A failure or a kill leaves the old file; a failure also removes the temporary one."""
+    path = Path(path)
+    tmp = path.with_name(PART + path.name)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # Windows: folders cannot be opened for fsync
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
