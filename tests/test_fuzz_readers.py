@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
 
 from bundle.data.readers import ImageReadError, MedicalImageReader
 
@@ -38,16 +39,24 @@ def _jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def _dicom(compressed: bool) -> bytes:
+def _dicom_dataset() -> Dataset:
+    # fixed UIDs: generate_uid() differs in value and length on every call, which moved every byte offset and made
+    # the derandomised fuzzing below try different cases on each machine (CI found a case that local runs never did)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, "1.2.826.0.1.3680043.8.498.1"
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "CT"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
+    ds.Modality = "CT"
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 24, 20, 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    return ds
+
+
+def _dicom(compressed: bool) -> bytes:
+    ds = _dicom_dataset()
     ds.PixelData = (np.random.default_rng(2).random((24, 20)) * 4000).astype(np.uint16).tobytes()
     if compressed:
         ds.compress(RLELossless)
@@ -101,6 +110,21 @@ def test_every_seed_reads_unmutated(tmp_path):
         (tmp_path / name).write_bytes(data)
         array, _ = MedicalImageReader().read_file(tmp_path / name)
         assert array.size > 0 and 0.0 <= array.min() <= array.max() <= 1.0, name
+
+
+def test_rle_segment_longer_than_the_frame_is_a_read_error(tmp_path):
+    """pylibjpeg-rle panics (pyo3 PanicException, a BaseException) on a segment that decodes past the frame's end;
+    the reader must still answer with ``ImageReadError``. The case CI's fuzzing found, built by hand."""
+    ds = _dicom_dataset()
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    header = np.array([2, 64, 68] + [0] * 13, dtype="<u4").tobytes()  # two segments: high bytes, low bytes
+    high_bytes, low_bytes = b"\x81\x00" * 2, b"\x81\x01" * 8  # PackBits runs: 256 and 1024 bytes for a 480-pixel
+    ds.PixelData = encapsulate([header + high_bytes + low_bytes])
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "overlong_rle.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="overlong_rle.dcm"):
+        MedicalImageReader().read_file(path)
 
 
 @settings(

@@ -162,11 +162,11 @@ class MedicalImageReader(ImageReader):
         fmt = sniff_format(path)
         try:
             array, meta = getattr(self, f"_read_{fmt}")(Path(path))
-        except ImageReadError:
+        except (ImageReadError, MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
-        except MemoryError:
-            raise
-        except Exception as e:  # decoder libraries raise anything; the caller needs one type with the file name
+        except BaseException as e:  # decoder libraries raise anything; the caller needs one type with the file name
+            # BaseException, not Exception: Rust decoders (pylibjpeg-rle through pyo3) report a corrupt stream by
+            # panicking, and pyo3's PanicException derives from BaseException (found by tests/test_fuzz_readers.py).
             raise ImageReadError(path, f"cannot read as {fmt}: {type(e).__name__}: {e}") from e
         array = np.asarray(array, dtype=np.float32)
         if array.ndim == 3 and array.shape[-1] == 1:
