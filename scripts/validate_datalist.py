@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.data.datalist import TASKS  # noqa: E402
 from bundle.data.preflight import POLICIES, preflight  # noqa: E402
+from bundle.data.readers import DEFAULT_MAX_PIXELS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-decode", action="store_true", help="only existence, size and content hash (faster)")
     parser.add_argument("--frame", type=int, help="frame/slice to read from multi-frame DICOM or NIfTI volumes")
     parser.add_argument("--workers", type=int, help="file-reading threads (default: CPU count, at most 8)")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"images with more pixels are unreadable, as the config's max_image_pixels (default {DEFAULT_MAX_PIXELS})",
+    )
     parser.add_argument(
         "--allow-root",
         action="append",
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         frame=args.frame,
         allowed_roots=args.allow_root,
+        max_pixels=args.max_pixels,
     )
     print(report.format())
     if args.json is not None:

@@ -313,3 +313,80 @@ def test_non_finite_pixels_are_a_read_error_not_a_black_image(tmp_path, bad):
     with pytest.raises(ImageReadError, match="NaN or infinity") as error:
         MedicalImageReader().read_file(path)
     assert str(path) in str(error.value)
+
+
+# --- images far larger than the network input: bounded memory ------------------------------------------------------
+def _block_mean(array: np.ndarray, factor: int) -> np.ndarray:
+    rows, cols = array.shape[0] // factor * factor, array.shape[1] // factor * factor
+    return array[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor, *array.shape[2:]).mean((1, 3))
+
+
+def test_large_images_are_reduced_on_read_by_an_integer_factor(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (70, 100), dtype=np.uint8)  # shorter side 70 = 4 x 16 + 6: factor 4, edges dropped
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    reduced = read(tmp_path / "gray.png", reduce_min_side=16)
+    assert reduced.shape == (17, 25)
+    np.testing.assert_allclose(reduced, np.rint(_block_mean(gray.astype(np.float64), 4)) / 255, atol=1e-6)
+    assert read(tmp_path / "gray.png", reduce_min_side=36).shape == (70, 100)  # 70 < 2 x 36: left alone
+    assert read(tmp_path / "gray.png", reduce_min_side=None).shape == (70, 100)
+
+    deep = (rng.random((64, 64)) * 4000).astype(np.uint16)  # 16-bit DICOM: reduced, then windowed and scaled
+    write_dicom(tmp_path / "deep.dcm", deep, BitsStored=12, WindowCenter=2000, WindowWidth=4000)
+    full, small = read(tmp_path / "deep.dcm", reduce_min_side=None), read(tmp_path / "deep.dcm", reduce_min_side=16)
+    assert small.shape == (16, 16)
+    np.testing.assert_allclose(small, _block_mean(full, 4), atol=1e-3)  # linear window: same as reducing after
+
+    volume = rng.random((48, 32, 3)).astype(np.float32)  # NIfTI (x, y, z): slice 2 only, read and reduced
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "vol.nii")
+    slice_full = read(tmp_path / "vol.nii", frame=2, reduce_min_side=None)
+    expected = (volume[:, :, 2].T - volume[:, :, 2].min()) / np.ptp(volume[:, :, 2])
+    np.testing.assert_allclose(slice_full, expected, atol=1e-6)
+    assert read(tmp_path / "vol.nii", frame=2, reduce_min_side=16).shape == (16, 24)
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
+    yy, xx = np.mgrid[0:96, 0:128]
+    smooth = np.stack([xx * 2, yy * 2, 255 - xx * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "photo.jpg", quality=95)
+    reduced = read(tmp_path / "photo.jpg", reduce_min_side=24)  # factor 4: libjpeg decodes at 1/4 scale
+    assert reduced.shape == (24, 32, 3)
+    np.testing.assert_allclose(reduced, _block_mean(smooth / 255.0, 4), atol=0.03)
+
+
+@pytest.mark.parametrize("name", ["big.png", "big.jpg", "big.dcm", "big.nii"])
+def test_images_above_max_pixels_are_refused_before_decoding(tmp_path, name):
+    pixels = np.zeros((40, 50), dtype=np.uint8)
+    path = tmp_path / name
+    if name.endswith(".dcm"):
+        write_dicom(path, pixels)
+    elif name.endswith(".nii"):
+        nib.save(nib.Nifti1Image(pixels.T, np.eye(4)), path)
+    else:
+        Image.fromarray(pixels).save(path)
+    assert read(path, max_pixels=2000).shape == (40, 50)  # exactly at the limit
+    with pytest.raises(ImageReadError, match=r"40 x 50 = 2,000 pixels exceeds the reader's limit of 1,999") as info:
+        read(path, max_pixels=1999)
+    assert info.value.path == str(path) and "max_pixels" in info.value.reason
+
+
+def test_reading_a_large_image_holds_it_once_in_its_stored_type(tmp_path):
+    """Peak memory (numpy allocations, traced) of reading a 16-bit 512 x 512 scan: with reduction about one copy of
+    the stored 0.5 MB; at full resolution the float64 work needs several 2 MB arrays, which the reduction avoids."""
+    import tracemalloc
+
+    yy, xx = np.mgrid[0:512, 0:512]
+    write_dicom(tmp_path / "scan.dcm", ((xx + yy) * 4).astype(np.uint16), BitsStored=12)
+    stored_bytes = 512 * 512 * 2
+
+    def peak(**kwargs) -> int:
+        tracemalloc.start()
+        try:
+            read(tmp_path / "scan.dcm", **kwargs)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    reduced, full = peak(reduce_min_side=64), peak(reduce_min_side=None)
+    assert full > 4 * stored_bytes  # the test can fail: full-resolution reading does use more
+    assert reduced < 2.5 * stored_bytes, f"peak {reduced / stored_bytes:.1f}x the stored image"

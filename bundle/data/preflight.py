@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .datalist import ITEM_LIST_KEYS, PATH_KEYS, SPLIT_KEYS, TASKS, _is_binary_or_unknown, load_datalist
-from .readers import ImageReadError, MedicalImageReader, sniff_format
+from .readers import DEFAULT_MAX_PIXELS, ImageReadError, MedicalImageReader, sniff_format
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ def preflight(
     frame: int | None = None,
     progress: bool | None = None,
     allowed_roots: Sequence[str | os.PathLike] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Report:
     """Check a datalist and return a :class:`Report` of every problem (see the module docstring).
 
@@ -201,6 +202,7 @@ def preflight(
         decode: decode every file with ``MedicalImageReader`` (``False``: existence, size and content hash only).
         workers: threads that read files (default: CPU count, at most 8).
         frame: the reader's ``frame`` (as the config's ``frame``), for multi-frame DICOM and NIfTI volumes.
+        max_pixels: the reader's ``max_pixels`` (as the config's ``max_image_pixels``): larger images are unreadable.
         progress: a tqdm bar over files; default when there are more than 200 files.
         allowed_roots: when given, every path must resolve (symlinks followed) inside the datalist's folder or one of
             these folders; others are ``outside_root`` errors and are not opened. ``None``: no such check.
@@ -221,7 +223,7 @@ def preflight(
             for i, item in enumerate(lists[key]):
                 _check_label(content["task"], n_classes, key, i, item, base, report)
     roots = None if allowed_roots is None else [base.resolve(), *(Path(r).resolve() for r in allowed_roots)]
-    files = _check_files(lists, base, report, decode, workers, frame, progress, roots)
+    files = _check_files(lists, base, report, decode, workers, frame, progress, roots, max_pixels)
     bad = {(p.split, p.index) for p in report.problems if p.kind in ITEM_KINDS}
     if policy == "skip":
         for p in report.problems:
@@ -256,6 +258,7 @@ def preflight_or_exit(
     frame: int | None = None,
     decode: bool = True,
     allowed_roots: Sequence[str | os.PathLike] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Report | None:
     """A config step: raise ``SystemExit`` with the report when the check fails, else return the report (``None``
     when disabled). Under policy ``skip`` the report lists the items to drop (``usable_items`` drops them); warnings
@@ -263,7 +266,14 @@ def preflight_or_exit(
     if not enabled:
         return None
     report = preflight(
-        datalist, task, num_classes, policy=policy, decode=decode, frame=frame, allowed_roots=allowed_roots
+        datalist,
+        task,
+        num_classes,
+        policy=policy,
+        decode=decode,
+        frame=frame,
+        allowed_roots=allowed_roots,
+        max_pixels=max_pixels,
     )
     if not report.ok:
         if policy == "skip":
@@ -406,6 +416,7 @@ def _check_files(
     frame: int | None,
     progress: bool | None,
     roots: list[Path] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, _FileResult]:
     """Check each distinct file once (threads), then report per referencing item; return results by path."""
     refs: dict[str, list[tuple[str, int, str, str]]] = defaultdict(list)  # path -> (list, index, key, raw)
@@ -423,7 +434,8 @@ def _check_files(
                         hashed.add(path)
     paths = list(refs)
     report.files_checked = len(paths)
-    reader = MedicalImageReader(frame=frame)
+    # decoding only proves the file readable: the default reduction makes big JPEGs cheaper to check
+    reader = MedicalImageReader(frame=frame, max_pixels=max_pixels)
     workers = max(1, workers or min(8, os.cpu_count() or 1))
     show = len(paths) > PROGRESS_MIN_FILES if progress is None else progress
     results: dict[str, _FileResult] = {}

@@ -30,6 +30,13 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 FORMATS = ("natural", "dicom", "nifti", "itk")
 
+# Pixel (per frame or slice) limit checked from the header before decoding: PIL's own decompression-bomb limit
+# (about 9459 x 9459), applied to every format so that memory per image is bounded whatever the file claims.
+DEFAULT_MAX_PIXELS = 89_478_485
+# Images whose shorter side is at least twice this are reduced while reading (see ``reduce_min_side``); the
+# bundle's networks take 224-512 px, so this keeps 2x-4x their resolution and bounds memory for huge scans.
+DEFAULT_REDUCE_MIN_SIDE = 1024
+
 # Which package decodes which DICOM transfer syntax (pydicom names them in its own errors too, but only after
 # a decode attempt; naming them up front makes the message actionable).
 _CODEC_HINTS = {
@@ -121,18 +128,52 @@ class MedicalImageReader(ImageReader):
             and exposure differences survive.
         apply_voi: apply the DICOM VOI LUT or window (first one) before scaling to [0, 1]; without one, or with
             ``False``, the modality values are min-max scaled.
+        max_pixels: refuse images (one frame or slice) with more pixels than this, read from the header before
+            decoding (ITK formats: after), with an ``ImageReadError`` naming the limit; ``None``: no limit.
+        reduce_min_side: images whose shorter side is at least twice this are reduced on read by the largest
+            integer factor that keeps the shorter side at least this long (mean of k x k blocks on the stored
+            values, up to k - 1 edge rows/columns dropped; JPEGs are decoded at a reduced DCT scale, which also
+            saves decoding time). Full-size data is then held only once, in its stored type (1-2 bytes a value),
+            and all float work happens at the reduced size. ``None``: always full resolution.
 
     Output: ``(rows, cols)`` for grayscale or ``(rows, cols, 3)`` for colour (alpha dropped, palette and YBR
     converted to RGB), MONOCHROME1 and Presentation LUT Shape INVERSE inverted so that bright means dense.
     """
 
-    def __init__(self, frame: int | None = None, scale_16bit: str = "minmax", apply_voi: bool = True) -> None:
+    def __init__(
+        self,
+        frame: int | None = None,
+        scale_16bit: str = "minmax",
+        apply_voi: bool = True,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        reduce_min_side: int | None = DEFAULT_REDUCE_MIN_SIDE,
+    ) -> None:
         super().__init__()
         if scale_16bit not in ("minmax", "dtype"):
             raise ValueError(f"scale_16bit must be 'minmax' or 'dtype', got {scale_16bit!r}")
+        for name, value in (("max_pixels", max_pixels), ("reduce_min_side", reduce_min_side)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         self.frame = frame
         self.scale_16bit = scale_16bit
         self.apply_voi = apply_voi
+        self.max_pixels = max_pixels
+        self.reduce_min_side = reduce_min_side
+
+    def _check_size(self, path: Path, rows: int, columns: int, what: str = "image") -> None:
+        """Refuse, before decoding, an image with more pixels than ``max_pixels``."""
+        if self.max_pixels is not None and rows * columns > self.max_pixels:
+            raise ImageReadError(
+                path,
+                f"{what} of {rows} x {columns} = {rows * columns:,} pixels exceeds the reader's limit of "
+                f"{self.max_pixels:,} (max_pixels; raise it in the config to read such images)",
+            )
+
+    def _reduction(self, rows: int, columns: int) -> int:
+        """The integer factor ``reduce_min_side`` asks for on an image of this size (1: none)."""
+        if self.reduce_min_side is None:
+            return 1
+        return max(1, min(rows, columns) // self.reduce_min_side)
 
     def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
         """Accept every suffix handled here; the content decides the decoder."""
@@ -193,6 +234,10 @@ class MedicalImageReader(ImageReader):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 with Image.open(path) as im:
+                    self._check_size(path, im.height, im.width)
+                    factor = self._reduction(im.height, im.width)
+                    if factor > 1 and im.format == "JPEG":  # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly
+                        im.draft(im.mode, (im.width // factor, im.height // factor))
                     im.load()
                     im = ImageOps.exif_transpose(im)  # phone and camera JPEGs store rotation in EXIF
                     mode = im.mode
@@ -200,7 +245,9 @@ class MedicalImageReader(ImageReader):
                         if self.frame is None:
                             raise ImageReadError(path, f"multi-frame image ({im.n_frames} frames); set frame")
                         im.seek(self.frame)
-                    array, bits = _pil_to_array(im)
+                    stored, bits = _pil_to_array(im)
+                    array = _reduce_blocks(stored, self._reduction(*stored.shape[:2])).astype(np.float64)
+                    del stored
             except (
                 OSError,
                 SyntaxError,
@@ -240,6 +287,8 @@ class MedicalImageReader(ImageReader):
         if self.frame is not None and not 0 <= self.frame < n_frames:
             raise ImageReadError(path, f"frame {self.frame} requested but the file has {n_frames} frame(s)")
         syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+        self._check_size(path, rows, columns, "DICOM frame")
         try:
             pixels = ds.pixel_array if n_frames == 1 else pydicom.pixels.pixel_array(ds, index=self.frame)
         except (NotImplementedError, RuntimeError, ValueError) as e:
@@ -251,12 +300,16 @@ class MedicalImageReader(ImageReader):
         samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
         if n_frames > 1 and pixels.ndim == (3 if samples == 1 else 4):  # handler ignored index: take it here
             pixels = pixels[self.frame]
+        factor = self._reduction(*pixels.shape[:2])
         meta: dict[str, Any] = {"photometric": photometric, "bits": int(getattr(ds, "BitsStored", 8) or 8)}
         for tag in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"):
             meta[tag] = str(getattr(ds, tag, ""))
-        if photometric == "PALETTE COLOR":
-            rgb = apply_color_lut(pixels, ds).astype(np.float64)
+        if photometric == "PALETTE COLOR":  # palette indices cannot be averaged: reduce the colours
+            rgb = _reduce_blocks(apply_color_lut(pixels, ds), factor).astype(np.float64)
             return rgb / (65535.0 if rgb.max() > 255 else 255.0), meta
+        # stored values reduced first (rounded to their type, so LUT-based modality LUTs still index): windowing
+        # and scaling then run on the small array; the rounding moves a value by at most half a stored unit
+        pixels = _reduce_blocks(pixels, factor)
         if samples == 3:  # RGB, or YBR_* that pydicom already converted to RGB
             return pixels.astype(np.float64) / float(2 ** meta["bits"] - 1), meta
         frame_index = self.frame or 0
@@ -285,7 +338,14 @@ class MedicalImageReader(ImageReader):
 
         try:
             img = nib.load(str(path))
-            data = np.asanyarray(img.dataobj)
+            shape = img.shape
+            if len(shape) >= 2:
+                self._check_size(path, int(shape[1]), int(shape[0]), "NIfTI slice")
+            # of a volume, read only the slice asked for (nibabel reads just that slice from uncompressed files)
+            if len(shape) == 3 and shape[2] > 1 and self.frame is not None and 0 <= self.frame < shape[2]:
+                data = np.asanyarray(img.dataobj[:, :, self.frame : self.frame + 1])
+            else:
+                data = np.asanyarray(img.dataobj)
         except (nib.filebasedimages.ImageFileError, EOFError, OSError, ValueError) as e:
             raise ImageReadError(path, f"not a readable NIfTI file (truncated or corrupt?): {e}") from e
         if data.dtype.names:  # RGB24 / RGBA32 structured voxels
@@ -305,7 +365,8 @@ class MedicalImageReader(ImageReader):
             data = data[:, :, self.frame]
         elif len(spatial) != 2:
             raise ImageReadError(path, f"NIfTI with shape {data.shape}: expected a 2D image or a 3D volume")
-        data = np.swapaxes(data, 0, 1).astype(np.float64)  # NIfTI stores (x, y); keep rows first like PNG/DICOM
+        data = np.swapaxes(data, 0, 1)  # NIfTI stores (x, y); keep rows first like PNG/DICOM
+        data = _reduce_blocks(data, self._reduction(*data.shape[:2])).astype(np.float64)
         return (data / 255.0 if rgb else _minmax(data)), {}
 
     # --- anything else ITK can read (MetaImage, NRRD, ...) -----------------------------------------------------
@@ -324,7 +385,8 @@ class MedicalImageReader(ImageReader):
             data = data[self.frame or 0]
         if data.ndim == 3:
             data = data[..., :3]
-        return _minmax(data.astype(np.float64)), {}
+        self._check_size(path, data.shape[0], data.shape[1])  # ITK has decoded it already: bounds what follows
+        return _minmax(_reduce_blocks(data, self._reduction(*data.shape[:2])).astype(np.float64)), {}
 
 
 def _decode_failure(syntax: Any, message: str) -> str:
@@ -349,20 +411,37 @@ def _voi_index(ds: Any, frame_index: int) -> int:
 
 
 def _pil_to_array(im: Any) -> tuple[np.ndarray, int]:
-    """Convert a PIL image to (rows, cols[, 3]) and its bit depth: alpha dropped, palette/CMYK to RGB."""
+    """Convert a PIL image to (rows, cols[, 3]) in its stored type and its bit depth: alpha dropped, palette/CMYK
+    to RGB. Stored types (1-4 bytes a value) rather than float64 keep a full-size image small before reduction."""
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.array(im, dtype=np.float64), 16
+        return np.array(im, dtype=np.uint16), 16
     if mode in ("I", "F"):
-        array = np.array(im, dtype=np.float64)
+        array = np.array(im)
         return array, 16 if mode == "I" and array.min() >= 0 and array.max() <= 65535 else 32
-    if mode == "1":
-        return np.array(im.convert("L"), dtype=np.float64), 8
-    if mode in ("L", "LA"):
-        return np.array(im.convert("L"), dtype=np.float64), 8
+    if mode in ("1", "L", "LA"):
+        return np.array(im.convert("L")), 8
     if mode == "P" and "transparency" not in im.info and _palette_is_gray(im):
-        return np.array(im.convert("L"), dtype=np.float64), 8
-    return np.array(im.convert("RGB"), dtype=np.float64), 8  # RGB, RGBA, P, CMYK, YCbCr, LAB, HSV
+        return np.array(im.convert("L")), 8
+    return np.array(im.convert("RGB")), 8  # RGB, RGBA, P, CMYK, YCbCr, LAB, HSV
+
+
+def _reduce_blocks(array: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of ``factor`` x ``factor`` blocks of a (rows, cols[, channels]) array, in the array's own type (integers
+    rounded), dropping the last ``rows % factor`` rows and ``cols % factor`` columns. Sums the factor**2 strided
+    views into a float32 array of the reduced size, so no full-size float copy is made (and it is twice as fast as
+    a 5-D reshape-and-mean)."""
+    if factor <= 1:
+        return array
+    rows, cols = (array.shape[0] // factor) * factor, (array.shape[1] // factor) * factor
+    mean = np.zeros((rows // factor, cols // factor, *array.shape[2:]), dtype=np.float32)
+    for i in range(factor):
+        for j in range(factor):
+            mean += array[i:rows:factor, j:cols:factor]
+    mean /= factor * factor
+    if np.issubdtype(array.dtype, np.integer):
+        return np.rint(mean).astype(array.dtype)
+    return mean.astype(array.dtype)
 
 
 def _palette_is_gray(im: Any) -> bool:

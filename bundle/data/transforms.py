@@ -15,7 +15,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
-from bundle.data.readers import MedicalImageReader
+from bundle.data.readers import DEFAULT_MAX_PIXELS, DEFAULT_REDUCE_MIN_SIDE, MedicalImageReader
 
 # ITU-R BT.601 luma weights, as PIL's convert("L") uses: RGB photographs to one gray channel.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -28,8 +28,21 @@ class LoadMedicalImage(LoadImage):
     lists every registered reader; passing the reader at call time keeps our ``ImageReadError`` (file + reason).
     """
 
-    def __init__(self, frame: int | None = None, scale_16bit: str = "minmax", apply_voi: bool = True) -> None:
-        self.medical_reader = MedicalImageReader(frame=frame, scale_16bit=scale_16bit, apply_voi=apply_voi)
+    def __init__(
+        self,
+        frame: int | None = None,
+        scale_16bit: str = "minmax",
+        apply_voi: bool = True,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        reduce_min_side: int | None = DEFAULT_REDUCE_MIN_SIDE,
+    ) -> None:
+        self.medical_reader = MedicalImageReader(
+            frame=frame,
+            scale_16bit=scale_16bit,
+            apply_voi=apply_voi,
+            max_pixels=max_pixels,
+            reduce_min_side=reduce_min_side,
+        )
         super().__init__(reader=self.medical_reader, image_only=True, dtype=torch.float32, ensure_channel_first=True)
 
     def __call__(self, filename: Sequence[os.PathLike | str] | os.PathLike | str, reader: Any = None) -> MetaTensor:
@@ -46,9 +59,17 @@ class LoadMedicalImaged(MapTransform):
         scale_16bit: str = "minmax",
         apply_voi: bool = True,
         allow_missing_keys: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        reduce_min_side: int | None = DEFAULT_REDUCE_MIN_SIDE,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadMedicalImage(frame=frame, scale_16bit=scale_16bit, apply_voi=apply_voi)
+        self.loader = LoadMedicalImage(
+            frame=frame,
+            scale_16bit=scale_16bit,
+            apply_voi=apply_voi,
+            max_pixels=max_pixels,
+            reduce_min_side=reduce_min_side,
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
