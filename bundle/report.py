@@ -253,3 +253,26 @@ def _inline(text: str) -> str:
         piece = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", piece)
         out.append(piece)
     return "".join(out)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m bundle.report RESULTS_DIR [--out HTML] [--title TITLE]``: one page for a whole results folder,
+    e.g. docs/results, where learning_curve.py, compare_saliency.py and benchmark.py of several tasks meet."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument(
+        "results_dir", type=Path, help="folder whose *.md, *.png, *.csv (and *.json provenance) to gather"
+    )
+    parser.add_argument("--out", type=Path, help="HTML file to write (default RESULTS_DIR/report.html)")
+    parser.add_argument("--title", default="MED-TEX results", help="page title")
+    args = parser.parse_args(argv)
+    if not args.results_dir.is_dir():
+        parser.error(f"{args.results_dir} is not a folder")
+    path = write_html_report(args.results_dir, args.out or args.results_dir / "report.html", args.title)
+    print(f"report written to {path} ({path.stat().st_size / 1e6:.1f} MB, images embedded)")
+    return path
+
+
+if __name__ == "__main__":
+    main()

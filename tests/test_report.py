@@ -50,3 +50,15 @@ def test_empty_folder_and_code_blocks(tmp_path):
     html = write_html_report(tmp_path / "missing", tmp_path / "r.html", "T").read_text()
     assert "No *.md, *.csv or *.png results found" in html
     assert markdown_to_html("```\n| not | a table |\n**x**\n```") == "<pre>| not | a table |\n**x**</pre>"
+
+
+def test_command_line_gathers_a_folder_into_one_page(tmp_path, capsys):
+    from bundle.report import main
+
+    (tmp_path / "learning_curve_fundus.md").write_text("| method | auc |\n|---|---:|\n| medtex | 0.8 |\n")
+    Image.fromarray(np.full((4, 4), 200, np.uint8)).save(tmp_path / "saliency_cxr.png")
+    path = main([str(tmp_path), "--title", "All tasks"])
+    html = path.read_text()
+    assert path == tmp_path / "report.html" and "<title>All tasks</title>" in html
+    assert 'id="learning_curve_fundus"' in html and 'id="saliency_cxr"' in html
+    assert html.count("data:image/png;base64,") == 1 and str(path) in capsys.readouterr().out
