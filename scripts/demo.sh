@@ -9,7 +9,8 @@
 #   4. all three are evaluated on the branch's test set; inference writes predictions and saliency maps;
 #   5. summary.json collects the numbers.
 # Settings (environment): OUT (out/demo), SIZE (64 px), N_TEACHER (2000), TEACHER_EPOCHS (8), N_LABELED (100),
-#   N_UNLABELED (200), EPOCHS (20), SCRATCH_EPOCHS (30), STUDENT_INIT (1), SEED (0), EXTRA_ARGS (none);
+#   N_UNLABELED (200), EPOCHS (20), SCRATCH_EPOCHS (30), STUDENT_INIT (1), SEED (0), EXTRA_ARGS (none; for the
+#   training and evaluation runs);
 #   SKIP_INSTALL=1 skips the pip installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +31,14 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   python -m pip install -q --disable-pip-version-check torch==2.13.0
   python -m pip install -q --disable-pip-version-check -r requirements.txt
 fi
-# EXTRA_ARGS: more options for every bundle run, e.g. "--preflight False" for toy sizes that lack some classes
+# EXTRA_ARGS: more options for the training and evaluation runs (not inference: configs/inference.yaml has other
+# keys, and unknown keys stop a run), e.g. "--preflight False" for toy sizes that lack some classes
 read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
-bundle() { python -m monai.bundle run "$@" --image_size "$SIZE" --ckpt_dir "$OUT/models" --seed "$SEED" "${EXTRA[@]}"; }
+bundle() {
+  local extra=("${EXTRA[@]}")
+  if [ "$1" = inference ]; then extra=(); fi
+  python -m monai.bundle run "$@" --image_size "$SIZE" --ckpt_dir "$OUT/models" --seed "$SEED" "${extra[@]}"
+}
 TRAIN="['configs/train.yaml']"
 EVAL="['configs/train.yaml','configs/evaluate.yaml']"
 SCRATCH="['configs/train.yaml','configs/baselines/scratch.yaml']"

@@ -148,7 +148,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar=("KEY", "VALUE"),
-        help="extra bundle override for every run, e.g. --override learning_rate 0.0005 (repeatable)",
+        help="extra bundle override for every run but the teacher's, e.g. --override learning_rate 0.0005"
+        " (repeatable; a key no config of a run defines stops that run: config_check)",
+    )
+    parser.add_argument(
+        "--teacher-override",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="extra override for the teacher's training (configs/train_teacher.yaml), e.g. --teacher-override"
+        " learning_rate 0.0005 (repeatable)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("out/learning_curve"), help="output folder (default out/learning_curve)"
@@ -221,6 +231,7 @@ class Experiment:
             "teacher_ckpt": str(a.teacher_ckpt.resolve()) if a.teacher_ckpt else None,
             "source_student_ckpt": str(a.source_student_ckpt.resolve()) if a.source_student_ckpt else None,
             "overrides": self.overrides(),
+            "teacher_overrides": self.overrides(teacher=True),  # provenance: the teacher is trained once per --out
         }
 
     def _check_settings(self) -> int:
@@ -271,8 +282,8 @@ class Experiment:
 
     # --- bundle commands ----------------------------------------------------------------------------------------
 
-    def overrides(self) -> list[str]:
-        """Overrides common to every bundle run."""
+    def overrides(self, teacher: bool = False) -> list[str]:
+        """Overrides common to every bundle run, and ``--override`` (``--teacher-override`` for the teacher's)."""
         # The runs' datalists are this script's own subsets of one pool, and a small labelled subset missing a rare
         # class is part of what a learning curve measures: no pre-flight stop (check the pool with
         # scripts/validate_datalist.py; --override preflight True turns it back on).
@@ -281,7 +292,8 @@ class Experiment:
             extra += ["--batch_size", str(self.args.batch_size)]
         if self.args.num_workers is not None:
             extra += ["--num_workers", str(self.args.num_workers)]
-        for key, value in self.args.override:
+        # kept apart: train_teacher.yaml lacks MED-TEX's keys, which the config check would refuse there
+        for key, value in self.args.teacher_override if teacher else self.args.override:
             extra += [f"--{key}", value]
         return extra
 
@@ -297,7 +309,7 @@ class Experiment:
     def bundle(self, workflow: str, config: str, log: Path, *overrides: str) -> tuple[bool, float]:
         """Run one ``python -m monai.bundle run`` in a subprocess, appending its output to ``log``."""
         command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", config, *overrides]
-        command += self.overrides()
+        command += self.overrides(teacher="train_teacher.yaml" in config)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         log.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()

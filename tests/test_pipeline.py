@@ -29,18 +29,9 @@ def run(*args: str) -> str:
 
 def bundle_run(workflow: str, configs: list[str], *overrides: str) -> str:
     config = configs[0] if len(configs) == 1 else str(configs)
-    common = (
-        "--image_size",
-        "32",
-        "--batch_size",
-        "8",
-        "--num_workers",
-        "0",
-        "--cache_rate",
-        "0",
-        "--preflight",
-        "False",
-    )
+    common: tuple[str, ...] = ("--image_size", "32", "--batch_size", "8", "--num_workers", "0")
+    if workflow != "inference":  # keys inference.yaml does not have (the config check refuses unknown keys)
+        common += ("--cache_rate", "0", "--preflight", "False")
     return run("-m", "monai.bundle", "run", workflow, "--config_file", config, *common, *overrides)
 
 
