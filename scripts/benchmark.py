@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import datetime
 import gc
 import json
@@ -66,6 +67,7 @@ from bundle.networks.teacher import FrozenTeacher, count_parameters, native_bf16
 CONFIG = ROOT / "configs" / "train.yaml"
 POSTHOC = ("gradcam", "gradcampp", "smoothgrad", "occlusion")
 PER_IMAGE = ("smoothgrad", "occlusion")  # MONAI runs these one image at a time: timed on fewer images
+MODEL_NAMES = {"explainer": "explainer (mask only)", "medtex": "explainer + student (explain)"}
 SALIENCY_BATCH = 8  # images per saliency call (at most the batch size)
 # full-run settings of the post-hoc methods: scripts/compare_saliency.py's defaults
 SMOOTHGRAD_SAMPLES, OCCLUSION_MASK_FRACTION, OCCLUSION_OVERLAP = 25, 8, 0.5
@@ -100,6 +102,8 @@ class Settings:
     n_train: int
     loader_images: int
     num_workers: int
+    explainer_scale: int
+    other_explainer_scale: int | None
     command: str
 
 
@@ -117,8 +121,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoothgrad-samples", type=int, help="noisy copies per SmoothGrad map (25; quick 5)")
     parser.add_argument("--occlusion-mask-size", type=int, help="occluded patch side (size // 8; quick size // 4)")
     parser.add_argument("--occlusion-overlap", type=float, help="overlap of occluded patches (0.5; quick 0)")
+    parser.add_argument("--explainer-scale", type=int, help="the explainer's input pooling (default: the config's)")
+    parser.add_argument(
+        "--other-explainer-scale", type=int, help="also time saliency and inference with this explainer scale"
+    )
     args = parser.parse_args(argv)
-    for name in ("threads", "image_size", "batch_size", "repeats", "smoothgrad_samples", "occlusion_mask_size"):
+    positive = ("threads", "image_size", "batch_size", "repeats", "smoothgrad_samples", "occlusion_mask_size")
+    for name in (*positive, "explainer_scale", "other_explainer_scale"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -136,6 +145,7 @@ def make_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
     defaults = ConfigParser()
     defaults.read_config(str(CONFIG))
     image_size = args.image_size or int(defaults["image_size"])
+    defaults["image_size"] = image_size  # the explainer's scale may depend on it
     batch_size = args.batch_size or (2 if args.quick else int(defaults["batch_size"]))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -160,6 +170,8 @@ def make_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         n_train=max(8, 2 * batch_size),
         loader_images=max(64 if args.quick else 256, 2 * batch_size),
         num_workers=args.num_workers if args.num_workers is not None else int(defaults["num_workers"]),
+        explainer_scale=args.explainer_scale or int(defaults.get_parsed_content("explainer_scale")),
+        other_explainer_scale=args.other_explainer_scale,
         command=shlex.join(["python", "scripts/benchmark.py", *argv]),
     )
 
@@ -292,6 +304,7 @@ def load_config(settings: Settings, work: Path, teacher_ckpt: Path, name: str) -
         "output_dir": str(work / name / "run"),
         "ckpt_dir": str(work / name / "models"),
         "val_interval": 10**6,  # no validation at the end of the timed epoch: it is not part of an iteration
+        "explainer_scale": settings.explainer_scale,
     }
     if "preflight" in parser.get(""):  # the datalist check: the benchmark's demo splits lack classes by design
         overrides["preflight"] = False
@@ -339,28 +352,31 @@ def bench_saliency(
         "occlusion": {"mask_size": settings.occlusion_mask_size, "overlap": settings.occlusion_overlap},
     }
     results: dict[str, Any] = {}
-    for name in ("medtex", *POSTHOC):
-        model = network if name == "medtex" else teacher
-        method = make_saliency(name, model, task=task, **options.get(name, {}))
+    for name in ("explainer", "medtex", *POSTHOC):
+        if name == "explainer":  # the saliency map alone: what the explainer computes, no prediction
+            method = network.mask
+        else:
+            method = make_saliency(name, network if name == "medtex" else teacher, task=task, **options.get(name, {}))
         per_image = name in PER_IMAGE
         x = images[: settings.per_image_images] if per_image else images[: settings.saliency_batch]
         repeats = settings.per_image_repeats if per_image else settings.repeats
         # warm-up: one call on what a timed call runs (a single image for methods that loop over images),
         # counting the images that pass through the network's forward per map
-        counted = network.student if name == "medtex" else teacher
+        counted = {"explainer": network.explainer, "medtex": network.student}.get(name, teacher)
         seen = []
         hook = counted.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].shape[0]))
         warm = x[:1] if per_image else x
         method(warm)
         hook.remove()
-        seconds = median_seconds(lambda: method(x), repeats, 0, device)
+        with torch.inference_mode() if name == "explainer" else contextlib.nullcontext():
+            seconds = median_seconds(lambda: method(x), repeats, 0, device)
         results[name] = {
             "maps_per_second": x.shape[0] / seconds,
             "seconds_per_map": seconds / x.shape[0],
             "images": x.shape[0],
             "repeats": repeats,
             "warmup": "one call on one image" if per_image else "one call on the same images",
-            "model": "explainer + student (explain)" if name == "medtex" else "teacher",
+            "model": MODEL_NAMES.get(name, "teacher"),
             "forward_images_per_map": sum(seen) / warm.shape[0],
             "options": options.get(name, {}),
         }
@@ -403,6 +419,36 @@ def bench_inference(
             f"{settings.batch_size / seconds:.3g} images/s at batch {settings.batch_size}"
         )
     return results
+
+
+def bench_other_scale(
+    settings: Settings, images: torch.Tensor, network: torch.nn.Module, results: dict[str, Any]
+) -> dict[str, Any]:
+    """The explainer at ``other_explainer_scale``: mask maps/s and explain latency/throughput, as ratios to the
+    post-hoc methods and the teacher measured earlier in this same run."""
+    device = images.device
+    x = images[: settings.saliency_batch]
+    batch = images[torch.arange(settings.batch_size) % images.shape[0]]
+    with torch.inference_mode():
+        mask_seconds = median_seconds(lambda: network.mask(x), settings.repeats, settings.warmup, device)
+        latency = median_seconds(lambda: network.explain(batch[:1]), settings.repeats, settings.warmup, device)
+        seconds = median_seconds(lambda: network.explain(batch), settings.repeats, settings.warmup, device)
+        explainer = median_seconds(lambda: network.explainer(batch[:1]), settings.repeats, settings.warmup, device)
+    maps_per_second = x.shape[0] / mask_seconds
+    saliency, inference = results["saliency"], results["inference"]
+    other = {
+        "explainer_scale": settings.other_explainer_scale,
+        "explainer_maps_per_second": maps_per_second,
+        **{f"saliency_speedup_vs_{name}": maps_per_second / saliency[name] for name in POSTHOC},
+        "explainer_latency_ms_batch1": 1000.0 * explainer,
+        "latency_ms_batch1": 1000.0 * latency,
+        "throughput_images_per_second": settings.batch_size / seconds,
+        "student_speedup_vs_teacher": inference["teacher"]["latency_ms_batch1"] / (1000.0 * latency),
+        "student_throughput_speedup_vs_teacher": (settings.batch_size / seconds)
+        / inference["teacher"]["throughput_images_per_second"],
+    }
+    say(f"explainer scale {settings.other_explainer_scale}: {maps_per_second:.3g} maps/s, {1000 * latency:.1f} ms")
+    return other
 
 
 def bench_data_loading(settings: Settings, parser: ConfigParser, work: Path) -> dict[str, Any]:
@@ -643,7 +689,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         f"Settings: {s['image_size']} px images, batch {s['batch_size']} (training, throughput), saliency on"
         f" {s['saliency_batch']} image(s) ({s['per_image_images']} for SmoothGrad and occlusion), {s['repeats']}"
         f" repeats ({s['per_image_repeats']} for SmoothGrad and occlusion) after {s['warmup']} warm-up,"
-        f" {s['num_workers']} loader worker(s).",
+        f" {s['num_workers']} loader worker(s), explainer scale {s['explainer_scale']}.",
         "",
         "## Targets",
         "",
@@ -655,16 +701,23 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     lines += ["## Saliency maps per second", ""]
     rows = []
     for name, r in sal.items():
-        speedup = "-" if name == "medtex" else results[f"saliency_speedup_vs_{name}"]
+        mine = name in ("explainer", "medtex")
+        speedups = (
+            ("-", "-") if mine else (results[f"saliency_speedup_vs_{name}"], results[f"explain_speedup_vs_{name}"])
+        )
         rows.append(
-            (name, r["model"], r["maps_per_second"], 1000.0 * r["seconds_per_map"], speedup)
+            (name, r["model"], r["maps_per_second"], 1000.0 * r["seconds_per_map"], *speedups)
             + (r["forward_images_per_map"], r["images"], r["repeats"])
         )
-    header = ("method", "network", "maps/s", "ms per map", "MED-TEX speedup", "forward images per map", "images")
+    header = ("method", "network", "maps/s", "ms per map", "explainer speedup", "explain speedup")
+    header += ("forward images per map", "images")
     lines += table(header + ("repeats",), rows)
     lines += [
-        f"MED-TEX: one `explain` call (explainer + student; no teacher). Others: `bundle.explain.make_saliency` on the"
-        f" teacher. SmoothGrad: {s['smoothgrad_samples']} samples; occlusion: {s['occlusion_mask_size']} px patches,"
+        "explainer: the saliency mask alone (`network.mask`, the explainer's forward; the targets use this rate);"
+        " medtex: one `explain` call, the mask and the student's prediction on the masked image (no teacher)."
+        f" Explainer scale {s['explainer_scale']} (the U-Net runs on the image pooled by this factor)."
+        " Others: `bundle.explain.make_saliency` on the teacher, whose map also comes with the teacher's prediction."
+        f" SmoothGrad: {s['smoothgrad_samples']} samples; occlusion: {s['occlusion_mask_size']} px patches,"
         f" overlap {s['occlusion_overlap']:g}"
         + (
             f" (fewer samples or passes than the full run's {SMOOTHGRAD_SAMPLES} samples and"
@@ -690,6 +743,50 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         " under `torch.inference_mode`, in the config's memory format; the explainer + student returns the logits"
         " and the saliency mask in this one pass.",
         "",
+    ]
+    other = results.get("other_explainer_scale")
+    if other:
+        scale = other["explainer_scale"]
+        lines += [f"## Option: explainer scale {scale}", ""]
+        lines += table(
+            ("measure", f"scale {s['explainer_scale']} (above)", f"scale {scale}"),
+            [
+                ("explainer mask maps/s", sal["explainer"]["maps_per_second"], other["explainer_maps_per_second"]),
+                (
+                    "explainer latency, batch 1 (ms)",
+                    inf["medtex"]["explainer_latency_ms_batch1"],
+                    other["explainer_latency_ms_batch1"],
+                ),
+                (
+                    "`saliency_speedup_vs_gradcam`",
+                    results["saliency_speedup_vs_gradcam"],
+                    other["saliency_speedup_vs_gradcam"],
+                ),
+                (
+                    "`saliency_speedup_vs_occlusion`",
+                    results["saliency_speedup_vs_occlusion"],
+                    other["saliency_speedup_vs_occlusion"],
+                ),
+                ("explain latency, batch 1 (ms)", inf["medtex"]["latency_ms_batch1"], other["latency_ms_batch1"]),
+                (
+                    "`student_speedup_vs_teacher`",
+                    results["student_speedup_vs_teacher"],
+                    other["student_speedup_vs_teacher"],
+                ),
+                (
+                    "throughput speedup over the teacher",
+                    results["student_throughput_speedup_vs_teacher"],
+                    other["student_throughput_speedup_vs_teacher"],
+                ),
+            ],
+        )
+        lines += [
+            f"`explainer_scale: {scale}` runs the explainer's U-Net on the image average-pooled by {scale} and"
+            " interpolates its mask back (same weights' shapes; the scale is saved with them). Same run, machine and"
+            " images as above; what it costs in accuracy and localisation is in docs/RESULTS.md.",
+            "",
+        ]
+    lines += [
         "## Training: engine overhead",
         "",
     ]
@@ -780,6 +877,16 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     saliency = bench_saliency(settings, images, network, teacher, parser.get_parsed_content("task"))
     say("inference")
     inference = bench_inference(settings, images, network, teacher)
+    other_scale = None
+    if settings.other_explainer_scale:
+        say(f"explainer scale {settings.other_explainer_scale}")
+        other_parser = load_config(
+            dataclasses.replace(settings, explainer_scale=settings.other_explainer_scale), work, teacher_ckpt, "other"
+        )
+        other_network = other_parser.get_parsed_content("network").eval()
+        measured = {"saliency": {n: r["maps_per_second"] for n, r in saliency.items()}, "inference": inference}
+        other_scale = bench_other_scale(settings, images, other_network, measured)
+        del other_network, other_parser
     del teacher, network, parser
     gc.collect()
 
@@ -795,10 +902,15 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     context = {"image_size": settings.image_size, "threads": torch.get_num_threads(), "device": str(device)}
     for record in (*saliency.values(), *inference.values(), training, loading):
         record.update(context)
+    # the saliency map is the explainer's mask: its rate is the target's; explain (mask + prediction) beside it
     results: dict[str, Any] = {
-        f"saliency_speedup_vs_{name}": saliency["medtex"]["maps_per_second"] / saliency[name]["maps_per_second"]
+        f"saliency_speedup_vs_{name}": saliency["explainer"]["maps_per_second"] / saliency[name]["maps_per_second"]
         for name in POSTHOC
     }
+    for name in POSTHOC:
+        results[f"explain_speedup_vs_{name}"] = (
+            saliency["medtex"]["maps_per_second"] / saliency[name]["maps_per_second"]
+        )
     results["saliency"] = {name: r["maps_per_second"] for name, r in saliency.items()}
     results["saliency_details"] = saliency
     teacher_latency, student_latency = (inference[n]["latency_ms_batch1"] for n in ("teacher", "medtex"))
@@ -823,6 +935,9 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
         "inference_student_peak_mib": inference["medtex"]["memory"]["peak_mib"],
         "what": training["memory"]["what"],
     }
+    if other_scale is not None:
+        other_scale.update(context)
+        results["other_explainer_scale"] = other_scale
     results["targets"] = check_targets(results)
     return results
 

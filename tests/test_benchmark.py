@@ -25,7 +25,7 @@ RATIOS = (
     "engine_overhead",
     "loader_headroom",
 )
-METHODS = ("medtex", "gradcam", "gradcampp", "smoothgrad", "occlusion")
+METHODS = ("explainer", "medtex", "gradcam", "gradcampp", "smoothgrad", "occlusion")
 SECTIONS = (
     "## Targets",
     "## Saliency maps per second",
@@ -40,6 +40,7 @@ SECTIONS = (
 def report(tmp_path_factory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("benchmark")
     argv = ["--quick", "--image-size", "32", "--batch-size", "2", "--repeats", "2", "--num-workers", "0"]
+    argv += ["--other-explainer-scale", "2"]
     argv += ["--json", str(out / "benchmark.json"), "--md", str(out / "PERFORMANCE.md")]
     assert benchmark.main(argv) == 0
     return json.loads((out / "benchmark.json").read_text()), (out / "PERFORMANCE.md").read_text()
@@ -80,8 +81,12 @@ def test_every_required_figure_is_a_finite_positive_number(report):
 def test_ratios_are_ratios_of_the_reported_measurements(report):
     results, _ = report
     saliency = results["saliency"]
-    for name in METHODS[1:]:
-        assert results[f"saliency_speedup_vs_{name}"] == pytest.approx(saliency["medtex"] / saliency[name], rel=1e-9)
+    for name in METHODS[2:]:  # the saliency map is the explainer's mask; explain adds the student's prediction
+        assert results[f"saliency_speedup_vs_{name}"] == pytest.approx(saliency["explainer"] / saliency[name], rel=1e-9)
+        assert results[f"explain_speedup_vs_{name}"] == pytest.approx(saliency["medtex"] / saliency[name], rel=1e-9)
+        other = results["other_explainer_scale"]  # the option's figures divide by this run's post-hoc rates too
+        expected = other["explainer_maps_per_second"] / saliency[name]
+        assert other[f"saliency_speedup_vs_{name}"] == pytest.approx(expected, rel=1e-9)
     inference = results["inference"]
     teacher, student = inference["teacher"]["latency_ms_batch1"], inference["medtex"]["latency_ms_batch1"]
     assert results["student_speedup_vs_teacher"] == pytest.approx(teacher / student, rel=1e-9)
@@ -102,6 +107,7 @@ def test_machine_settings_and_targets_are_recorded(report):
     settings = results["settings"]
     assert settings["quick"] is True and settings["image_size"] == 32 and settings["batch_size"] == 2
     assert settings["repeats"] == 2 and "--quick" in settings["command"]
+    assert settings["explainer_scale"] == 1  # the config's at 32 px
     targets = results["targets"]
     assert set(targets) == {
         "saliency_speedup_vs_gradcam",
@@ -124,9 +130,15 @@ def test_markdown_has_every_section_with_machine_and_command(report):
     assert results["machine"]["cpu"] in markdown
     for method in METHODS:
         assert f"| {method} |" in markdown
+    assert "## Option: explainer scale 2" in markdown
 
 
 def test_rejects_bad_arguments():
-    for argv in (["--image-size", "16"], ["--batch-size", "0"], ["--occlusion-overlap", "1.0"]):
+    for argv in (
+        ["--image-size", "16"],
+        ["--batch-size", "0"],
+        ["--occlusion-overlap", "1.0"],
+        ["--explainer-scale", "0"],
+    ):
         with pytest.raises(SystemExit):
             benchmark.parse_args(argv)

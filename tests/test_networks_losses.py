@@ -259,3 +259,28 @@ def test_checkpoint_with_pickled_objects_is_refused_without_running_them(tmp_pat
     assert not marker.exists()  # nothing in the file ran
     torch.load(evil, weights_only=False)  # the same file unpickled without the guard does run its code
     assert marker.exists()
+
+
+def test_explainer_scale_pools_the_input_and_is_checked_when_weights_load():
+    torch.manual_seed(0)
+    full, pooled = Explainer(scale=1).eval(), Explainer(scale=2).eval()
+    pooled.body.load_state_dict(full.body.state_dict())  # same U-Net weights, different input resolution
+    image = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        mask = pooled(image)
+        expected = torch.sigmoid(
+            nn.functional.interpolate(full.body(nn.functional.avg_pool2d(image, 2)), size=[64, 64], mode="bilinear")
+        )
+        assert mask.shape == (2, 1, 64, 64) and torch.allclose(mask, expected, atol=1e-6)
+        small = torch.rand(1, 3, 40, 40)  # 40 // 2 < 32: the scale is capped, the U-Net sees the full image
+        assert torch.allclose(pooled(small), full(small), atol=1e-6)
+    trained_at_2 = MedTex(Student(), Explainer(scale=2)).state_dict()
+    assert int(trained_at_2["explainer.input_scale"]) == 2
+    with pytest.raises(ValueError, match="trained with scale 2 .* set explainer_scale: 2"):
+        MedTex(Student(), Explainer(scale=1)).load_state_dict(trained_at_2)
+    before_the_option = {k: v for k, v in MedTex(Student(), Explainer()).state_dict().items() if "input_scale" not in k}
+    MedTex(Student(), Explainer(scale=1)).load_state_dict(before_the_option)  # saved before: scale 1, loads
+    with pytest.raises(ValueError, match="trained with scale 1"):
+        MedTex(Student(), Explainer(scale=3)).load_state_dict(before_the_option)
+    scripted = torch.jit.script(MedTex(Student(), Explainer(scale=2)).eval())
+    assert scripted.explain(image)[1].shape == (2, 1, 64, 64)
