@@ -5,6 +5,7 @@ bounded memory. Derandomised, so CI runs the same cases every time; hypothesis s
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 
@@ -130,8 +131,10 @@ def test_rle_segment_longer_than_the_frame_is_a_read_error(tmp_path):
 
 
 @settings(
-    max_examples=300,
-    derandomize=True,  # the same cases on every run: a red CI is reproducible
+    # CI: 300 derandomised cases, the same on every run, so a red CI is reproducible. A longer hunt draws new random
+    # cases on each run: FUZZ_EXAMPLES=5000 python -m pytest tests/test_fuzz_readers.py -k mutated
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", 300)),
+    derandomize="FUZZ_EXAMPLES" not in os.environ,
     deadline=None,  # timed below, with a limit that names the file
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
