@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 from bundle.data.datalist import load_datalist, save_datalist  # noqa: E402
 from bundle.data.demo import generate_demo_data  # noqa: E402
 from bundle.data.transforms import LoadMedicalImage  # noqa: E402
+from bundle.engines.precompute import TEACHER_FEATURES, TEACHER_LOGITS  # noqa: E402
 from bundle.explain import make_saliency  # noqa: E402
 from bundle.networks.features import FeatureRecorder  # noqa: E402
 from bundle.networks.teacher import FrozenTeacher, count_parameters, native_bf16  # noqa: E402
@@ -546,7 +547,17 @@ def hand_written_loop(parser: ConfigParser, device: torch.device, amp: bool, zer
     return step
 
 
-def bench_training(settings: Settings, parser: ConfigParser) -> dict[str, Any]:
+def training_batches(settings: Settings, parser: ConfigParser) -> list[dict[str, torch.Tensor]]:
+    """``warmup + repeats`` batches from the training loader, drawn once so that every comparison sees the same."""
+    loader = parser.get_parsed_content("train#dataloader")
+    n_batches = settings.warmup + settings.repeats
+    batches: list[dict[str, torch.Tensor]] = []
+    while len(batches) < n_batches:
+        batches += [batch for _, batch in zip(range(n_batches - len(batches)), loader)]
+    return batches
+
+
+def bench_training(settings: Settings, parser: ConfigParser, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Seconds per iteration: the bundle's engine vs the hand-written loop, on the same batches, interleaved.
 
     The engine runs one epoch over the pre-built batches; between two of its iterations (when it asks for the next
@@ -556,11 +567,6 @@ def bench_training(settings: Settings, parser: ConfigParser) -> dict[str, Any]:
     """
     device = parser.get_parsed_content("device")
     trainer = parser.get_parsed_content("train#trainer")
-    loader = parser.get_parsed_content("train#dataloader")
-    n_batches = settings.warmup + settings.repeats
-    batches: list[dict[str, torch.Tensor]] = []
-    while len(batches) < n_batches:
-        batches += [batch for _, batch in zip(range(n_batches - len(batches)), loader)]
     amp = bool(trainer.amp and trainer.scaler is not None)
     step = hand_written_loop(parser, device, amp, bool(trainer.optim_set_to_none))
 
@@ -584,13 +590,14 @@ def bench_training(settings: Settings, parser: ConfigParser) -> dict[str, Any]:
                 timed_step(batches[i - 1])  # the loop's step i, before the engine's iteration i + 1
             yield batch
 
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
+    stamping = trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
     trainer.data_loader = feed()
     trainer.state.epoch_length = len(batches)
     trainer.state.max_epochs = 1
     memory = PeakMemory(device)
     memory.reset()
     trainer.run()
+    stamping.remove()
     timed_step(batches[-1])
     training_memory = memory.read()
     # engine iteration i (1-based, i >= 2) took completed[i-1] - completed[i-2], less loop step i-1 run in between
@@ -612,6 +619,64 @@ def bench_training(settings: Settings, parser: ConfigParser) -> dict[str, Any]:
         "amp": amp,
         "teacher_bf16": teacher.bf16 is True or (teacher.bf16 == "auto" and native_bf16(device.type)),
         "memory": training_memory,
+    }
+
+
+def bench_precomputed_teacher(
+    settings: Settings, parser: ConfigParser, batches: list[dict[str, torch.Tensor]], fidelity: bool = True
+) -> dict[str, Any]:
+    """Seconds per engine iteration with the teacher's outputs for the clean image in the batch
+    (``precompute_teacher: true``, as ``TeacherOutputsd`` caches them) against the engine computing them.
+
+    One engine run over the batches twice, each batch first as it comes and then with its teacher outputs attached,
+    so that both kinds of iteration alternate under the same machine load; an iteration's time is the time between
+    two ``ITERATION_COMPLETED`` events. The teacher's pass on the masked image (fidelity term) is in both, unless
+    ``fidelity`` is false: its weight is then 0 for this measurement (as in the KD and VID baselines).
+    """
+    device = parser.get_parsed_content("device")
+    trainer = parser.get_parsed_content("train#trainer")
+    fidelity_weight = trainer.loss_function.weights["fidelity"]
+    if not fidelity:
+        trainer.loss_function.weights["fidelity"] = 0.0
+    teacher = trainer.teacher
+    stored = torch.bfloat16 if teacher.computes_in_bf16(device.type) else torch.float32
+    precomputed = []
+    for batch in batches:
+        with torch.no_grad():
+            logits, features = teacher(batch["image"].to(device))
+        outputs = {TEACHER_LOGITS: logits.to("cpu", stored), TEACHER_FEATURES: [f.to("cpu", stored) for f in features]}
+        precomputed.append({**batch, **outputs})
+    order = [b for pair in zip(batches, precomputed) for b in pair]
+    completed: list[float] = []
+
+    def stamp(_engine: Any) -> None:
+        synchronize(device)
+        completed.append(time.perf_counter())
+
+    stamping = trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
+    trainer.data_loader = iter(order)
+    trainer.state.epoch_length = len(order)
+    trainer.state.max_epochs = 1
+    trainer.run()
+    stamping.remove()
+    trainer.loss_function.weights["fidelity"] = fidelity_weight
+    # iteration i (i >= 1) took completed[i] - completed[i-1]; even i: online teacher, odd i: precomputed
+    seconds = [completed[i] - completed[i - 1] for i in range(1, len(completed))]
+    kinds = {"online": seconds[1::2], "precomputed": seconds[0::2]}
+    skip = settings.warmup  # the first warm-up pairs
+    online, cached = (statistics.median(kinds[k][skip:]) for k in ("online", "precomputed"))
+    say(
+        f"training (fidelity term {'on' if fidelity else 'off'}): engine {online:.3g} s per iteration with the"
+        f" teacher's pass, {cached:.3g} s with its outputs cached"
+    )
+    return {
+        "online_seconds_per_iteration": online,
+        "precomputed_seconds_per_iteration": cached,
+        "online_seconds_all": kinds["online"],
+        "precomputed_seconds_all": kinds["precomputed"],
+        "stored_dtype": str(stored).replace("torch.", ""),
+        "fidelity_pass_kept": fidelity and fidelity_weight > 0,
+        "batch_size": settings.batch_size,
     }
 
 
@@ -808,6 +873,37 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         " progress bar) and decollation; validation is off for the timed epoch."
         f" Teacher passes in bfloat16: {yes_no(train['teacher_bf16'])}; AMP: {yes_no(train['amp'])}.",
         "",
+    ]
+    if "precompute_teacher" in results:  # absent from JSON files written before the option
+        pre, kd = results["precompute_teacher"], results["precompute_teacher_without_fidelity"]
+        lines += ["### Precomputed teacher outputs (`precompute_teacher: true`)", ""]
+        lines += table(
+            ("s per engine iteration", "teacher's clean pass every iteration", "its outputs cached", "speedup"),
+            [
+                (
+                    "MED-TEX (config defaults: fidelity term on)",
+                    pre["online_seconds_per_iteration"],
+                    pre["precomputed_seconds_per_iteration"],
+                    results["precompute_teacher_speedup"],
+                ),
+                (
+                    "fidelity weight 0 (as the KD and VID baselines)",
+                    kd["online_seconds_per_iteration"],
+                    kd["precomputed_seconds_per_iteration"],
+                    results["precompute_teacher_speedup_without_fidelity"],
+                ),
+            ],
+        )
+        lines += [
+            f"Batch {pre['batch_size']}, the same engine and batches, the two kinds alternating in one run (medians"
+            " after the warm-up). With augmentation off (`augmentation: []`, `cache_rate: 1.0`) the teacher's"
+            " logits and VID features are computed once per image while the data set is cached (kept in"
+            f" {pre['stored_dtype']}, the teacher's own precision); the teacher's pass on the masked image (fidelity"
+            " term) stays in every iteration when that term is on. Augmentation off is a different training"
+            " recipe: what it does to accuracy is not measured here.",
+            "",
+        ]
+    lines += [
         "## Data loading",
         "",
     ]
@@ -896,11 +992,15 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     say("data loading")
     loading = bench_data_loading(settings, parser, work)
     say("training")
-    training = bench_training(settings, parser)
+    batches = training_batches(settings, parser)
+    training = bench_training(settings, parser, batches)
+    say("training with precomputed teacher outputs")
+    precomputed = bench_precomputed_teacher(settings, parser, batches)
+    precomputed_kd = bench_precomputed_teacher(settings, parser, batches, fidelity=False)
 
     # what every figure was measured with (the machine is recorded once, in "machine")
     context = {"image_size": settings.image_size, "threads": torch.get_num_threads(), "device": str(device)}
-    for record in (*saliency.values(), *inference.values(), training, loading):
+    for record in (*saliency.values(), *inference.values(), training, precomputed, precomputed_kd, loading):
         record.update(context)
     # the saliency map is the explainer's mask: its rate is the target's; explain (mask + prediction) beside it
     results: dict[str, Any] = {
@@ -927,6 +1027,14 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     results["inference"] = inference
     results["engine_overhead"] = training["engine_seconds_per_iteration"] / training["loop_seconds_per_iteration"]
     results["training"] = training
+    results["precompute_teacher_speedup"] = (
+        precomputed["online_seconds_per_iteration"] / precomputed["precomputed_seconds_per_iteration"]
+    )
+    results["precompute_teacher"] = precomputed
+    results["precompute_teacher_speedup_without_fidelity"] = (
+        precomputed_kd["online_seconds_per_iteration"] / precomputed_kd["precomputed_seconds_per_iteration"]
+    )
+    results["precompute_teacher_without_fidelity"] = precomputed_kd
     results["loader_headroom"] = loading["loader_images_per_second"] / training["engine_images_per_second"]
     results["loading"] = loading
     results["memory"] = {

@@ -33,7 +33,7 @@ def count_weights(path: Path) -> int:
         sum(
             v.numel()
             for k, v in state.items()
-            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+            if not k.endswith(("running_mean", "running_var", "num_batches_tracked", "input_scale"))
         )
     )
 

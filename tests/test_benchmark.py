@@ -31,6 +31,7 @@ SECTIONS = (
     "## Saliency maps per second",
     "## Inference latency and throughput",
     "## Training: engine overhead",
+    "### Precomputed teacher outputs",
     "## Data loading",
     "## Memory",
 )
@@ -97,6 +98,13 @@ def test_ratios_are_ratios_of_the_reported_measurements(report):
     loader = results["loading"]["loader_images_per_second"]
     assert results["loader_headroom"] == pytest.approx(loader / training["engine_images_per_second"], rel=1e-9)
     assert results["teacher_params"] == inference["teacher"]["parameters"]
+    for suffix, key in (("", "precompute_teacher"), ("_without_fidelity", "precompute_teacher_without_fidelity")):
+        figures = results[key]
+        online, cached = figures["online_seconds_per_iteration"], figures["precomputed_seconds_per_iteration"]
+        assert positive(online) and positive(cached) and len(figures["precomputed_seconds_all"]) == 3
+        assert results[f"precompute_teacher_speedup{suffix}"] == pytest.approx(online / cached, rel=1e-9)
+    assert results["precompute_teacher"]["fidelity_pass_kept"]  # the config's fidelity term stays in that run
+    assert not results["precompute_teacher_without_fidelity"]["fidelity_pass_kept"]
 
 
 def test_machine_settings_and_targets_are_recorded(report):

@@ -1,15 +1,20 @@
 """The training fast path's settings (docs/RESULTS.md, "Speed") change speed, not results: plain tensors from the loader
-workers with MONAI's seeding kept, channels_last weights that save and load like contiguous ones."""
+workers with MONAI's seeding kept, channels_last weights that save and load like contiguous ones, teacher outputs
+precomputed once per image that give the losses of the teacher's pass."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from monai.bundle import ConfigParser
-from monai.data import DataLoader, Dataset, MetaTensor
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data import DataLoader, Dataset, MetaTensor, list_data_collate
 from monai.transforms import Compose, EnsureTyped, RandAffined
 
 from bundle.data.loading import plain_tensor_worker_init
+from bundle.engines.precompute import TEACHER_FEATURES, TEACHER_LOGITS
+from bundle.engines.trainer import loss_terms
 from tests.conftest import CONFIGS, inference_network
 
 
@@ -91,3 +96,86 @@ def test_autocast_inferer_auto_leaves_an_outer_autocast_alone():
         assert not inferer.active("cpu")
     with pytest.raises(ValueError, match="enabled must be"):
         AutocastInferer(enabled="yes")
+
+
+def _precompute_workflow(tmp_path, data, teacher_ckpt, **override) -> ConfigWorkflow:
+    settings = {
+        "dataset_dir": str(data),
+        "teacher_ckpt": str(teacher_ckpt),
+        "output_dir": str(tmp_path / "run"),
+        "ckpt_dir": str(tmp_path / "models"),
+        "device": "$torch.device('cpu')",
+        "image_size": 32,
+        "batch_size": 4,
+        "num_workers": 0,
+        "preflight": False,
+        "teacher_bf16": False,
+        "augmentation": [],
+        "precompute_teacher": True,
+    }
+    return ConfigWorkflow(config_file=str(CONFIGS / "train.yaml"), workflow_type="train", **{**settings, **override})
+
+
+def test_precomputed_teacher_outputs_give_the_same_losses_with_one_teacher_pass_less(tmp_path, data, teacher_ckpt):
+    """With augmentation off the cached teacher outputs are those of the online pass, and the iteration uses them."""
+    parser = _precompute_workflow(tmp_path, data, teacher_ckpt).parser
+    dataset = parser.get_parsed_content("train#dataset")
+    trainer = parser.get_parsed_content("train#trainer")
+    teacher = trainer.teacher
+    items = [dataset[i] for i in range(4)]
+    assert all(TEACHER_LOGITS in item and len(item[TEACHER_FEATURES]) == 2 for item in items)
+    batch = list_data_collate(items)
+    with torch.no_grad():
+        online_logits, online_features = teacher(batch["image"])
+    torch.testing.assert_close(batch[TEACHER_LOGITS], online_logits, atol=1e-5, rtol=1e-4)
+    for cached, online in zip(batch[TEACHER_FEATURES], online_features):
+        torch.testing.assert_close(cached, online, atol=1e-5, rtol=1e-4)
+
+    teacher_passes = []
+    teacher.network.register_forward_hook(lambda *_: teacher_passes.append(1))
+    start = {
+        "network": copy.deepcopy(trainer.network.state_dict()),
+        "loss": copy.deepcopy(trainer.loss_function.state_dict()),
+        "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
+    }
+    losses = {}
+    for name, this_batch in {
+        "precomputed": batch,
+        "online": {k: v for k, v in batch.items() if k not in (TEACHER_LOGITS, TEACHER_FEATURES)},
+    }.items():
+        trainer.network.load_state_dict(start["network"])
+        trainer.loss_function.load_state_dict(start["loss"])
+        trainer.optimizer.load_state_dict(start["optimizer"])
+        teacher_passes.clear()
+        losses[name] = loss_terms(trainer._iteration(trainer, this_batch))  # decollated: per item, same values
+        losses[name + "_passes"] = len(teacher_passes)
+    assert losses["online_passes"] == 2 and losses["precomputed_passes"] == 1  # the masked image's pass stays
+    assert len(losses["online"]) == 6 and losses["online"]["loss_kd"] > 0 and losses["online"]["loss_vid"] != 0
+    for key, value in losses["online"].items():
+        assert losses["precomputed"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_precomputed_teacher_outputs_are_stored_in_the_teachers_precision(tmp_path, data, teacher_ckpt):
+    """bfloat16 teacher passes give bfloat16 values: kept as such (half the cache), and float32 ones as float32."""
+    for bf16, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        parser = _precompute_workflow(tmp_path, data, teacher_ckpt, teacher_bf16=bf16).parser
+        item = parser.get_parsed_content("train#dataset")[0]
+        assert item[TEACHER_LOGITS].dtype == dtype and item[TEACHER_LOGITS].shape == (5,)
+        assert all(f.dtype == dtype and f.dim() == 3 for f in item[TEACHER_FEATURES])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"augmentation": [{"_target_": "RandFlipd", "keys": "image", "prob": 0.5}]}, "needs augmentation off"),
+        ({"cache_rate": 0.5}, "needs cache_rate: 1.0"),
+    ],
+)
+def test_precompute_teacher_refuses_settings_where_the_outputs_would_be_wrong_or_uncached(
+    override, message, tmp_path, data, teacher_ckpt
+):
+    parser = _precompute_workflow(tmp_path, data, teacher_ckpt, **override).parser
+    with pytest.raises(Exception) as error:
+        parser.get_parsed_content("train#dataset")
+    messages = [str(error.value), str(error.value.__cause__)]  # MONAI may wrap the error of a config expression
+    assert any(message in m and "precompute_teacher" in m for m in messages), messages

@@ -14,6 +14,7 @@ from monai.handlers import from_engine
 from monai.utils import CommonKeys as Keys
 from torch.nn.parallel import DistributedDataParallel
 
+from bundle.engines.precompute import TEACHER_FEATURES, TEACHER_LOGITS
 from bundle.losses.medtex import MedTexLoss
 from bundle.networks.features import FeatureRecorder
 from bundle.networks.medtex import MedTex
@@ -32,7 +33,9 @@ class MedTexTrainer(SupervisedTrainer):
     synchronises the network's gradients, and the gradients of the loss's own parameters (VID regressors) are
     averaged over the processes here.
 
-    Per iteration: the teacher runs once under ``torch.inference_mode`` for logits and the configured features;
+    Per iteration: the teacher runs once under ``torch.inference_mode`` for logits and the configured features
+    (or not at all, when the batch carries them: ``teacher_logits`` and ``teacher_features`` from
+    ``bundle.engines.precompute.TeacherOutputsd``, computed once per image while the data were cached);
     ``inferer(image, network)`` runs the explainer, which masks the image, and the student, which classifies the
     masked image (the mask is read by a forward hook on ``network.explainer``); with a fidelity weight the teacher
     also classifies the masked image (its weights frozen, gradients flowing to the mask); ``MedTexLoss`` combines
@@ -97,7 +100,11 @@ class MedTexTrainer(SupervisedTrainer):
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
 
         teacher_logits, teacher_features = None, []
-        if engine.teacher is not None:
+        if TEACHER_LOGITS in batchdata:  # computed once per image while the data were cached (precompute_teacher)
+            to_device = {"device": engine.state.device, "dtype": torch.float32, "non_blocking": engine.non_blocking}
+            teacher_logits = batchdata[TEACHER_LOGITS].to(**to_device)
+            teacher_features = [f.to(**to_device) for f in batchdata[TEACHER_FEATURES]]
+        elif engine.teacher is not None:
             with torch.inference_mode():
                 teacher_logits, teacher_features = engine.teacher(inputs)
             # inference tensors cannot be saved for backward; clones made outside inference mode can

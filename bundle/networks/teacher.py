@@ -116,16 +116,19 @@ class FrozenTeacher(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits ``(B, num_classes)`` and the configured layers' outputs, from one forward pass."""
-        device_type = image.device.type
-        low_precision = self.bf16 is True or (self.bf16 == "auto" and native_bf16(device_type))
+        low_precision = self.computes_in_bf16(image.device.type)
         # a frozen teacher only supplies targets: bfloat16 rounds them slightly and makes its passes faster where the
         # hardware has bfloat16 units (docs/RESULTS.md, "Speed")
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=low_precision):
+        with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=low_precision):
             logits = self.network(image)
         features = self.recorder.features if self.recorder is not None else []
         if low_precision:
             logits, features = logits.float(), [f.float() for f in features]
         return logits, features
+
+    def computes_in_bf16(self, device_type: str) -> bool:
+        """Whether the passes run under bfloat16 autocast on this kind of device (``bf16`` true, or auto and native)."""
+        return self.bf16 is True or (self.bf16 == "auto" and native_bf16(device_type))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
