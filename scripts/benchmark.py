@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
-from monai.data import MetaTensor
+from monai.data import MetaTensor, ThreadDataLoader
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -492,6 +492,17 @@ def bench_data_loading(settings: Settings, parser: ConfigParser, work: Path) -> 
 
     images_per_epoch = len(loader) * settings.batch_size if loader.drop_last else len(dataset)
     seconds = median_seconds(epoch, settings.repeats, settings.warmup, cpu)
+    # MONAI's ThreadDataLoader: the same batches prepared in a background thread instead of worker processes
+    thread_loader = ThreadDataLoader(
+        dataset, batch_size=settings.batch_size, shuffle=True, drop_last=loader.drop_last, num_workers=0
+    )
+
+    def thread_epoch() -> None:
+        for _ in thread_loader:
+            pass
+
+    thread_seconds = median_seconds(thread_epoch, settings.repeats, settings.warmup, cpu)
+    results["thread_loader_images_per_second"] = images_per_epoch / thread_seconds
     results.update(
         loader_images_per_second=images_per_epoch / seconds,
         loader_seconds_per_epoch=seconds,
@@ -504,7 +515,8 @@ def bench_data_loading(settings: Settings, parser: ConfigParser, work: Path) -> 
     say(
         f"data: PNG decode {results['decode_png_images_per_second']:.3g}/s, DICOM "
         f"{results['decode_dicom_images_per_second']:.3g}/s, uncached {results['uncached_png_images_per_second']:.3g}"
-        f"/s, cached {results['cached_images_per_second']:.3g}/s, loader {results['loader_images_per_second']:.3g}/s"
+        f"/s, cached {results['cached_images_per_second']:.3g}/s, loader {results['loader_images_per_second']:.3g}/s,"
+        f" ThreadDataLoader {results['thread_loader_images_per_second']:.3g}/s"
     )
     return results
 
@@ -916,6 +928,13 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             ("training transforms, uncached, from DICOM", data["uncached_dicom_images_per_second"]),
             ("training transforms, cached (augmentation only)", data["cached_images_per_second"]),
             (f"cached training loader, {data['loader_num_workers']} worker(s)", data["loader_images_per_second"]),
+        ]
+        + (
+            [("MONAI `ThreadDataLoader`, same data set, background thread", data["thread_loader_images_per_second"])]
+            if "thread_loader_images_per_second" in data  # absent from JSON files written before it was measured
+            else []
+        )
+        + [
             ("one training iteration consumes (engine)", train["engine_images_per_second"]),
         ],
     )

@@ -70,6 +70,7 @@ def test_every_required_figure_is_a_finite_positive_number(report):
         "uncached_png_images_per_second",
         "cached_images_per_second",
         "loader_images_per_second",
+        "thread_loader_images_per_second",
     ):
         assert positive(loading[key]), key
     memory = results["memory"]

@@ -5,6 +5,8 @@ precomputed once per image that give the losses of the teacher's pass."""
 from __future__ import annotations
 
 import copy
+import os
+import sys
 
 import pytest
 import torch
@@ -179,3 +181,62 @@ def test_precompute_teacher_refuses_settings_where_the_outputs_would_be_wrong_or
         parser.get_parsed_content("train#dataset")
     messages = [str(error.value), str(error.value.__cause__)]  # MONAI may wrap the error of a config expression
     assert any(message in m and "precompute_teacher" in m for m in messages), messages
+
+
+READS = ("item", "__float__", "__int__", "tolist", "numpy", "cpu")  # what copies a value off a GPU, waiting for it
+
+
+@pytest.mark.parametrize("config", ["train.yaml", "train_teacher.yaml"])
+def test_training_iterations_read_no_tensor_values_between_logs(config, tmp_path, data, teacher_ckpt, monkeypatch):
+    """On a GPU, reading a tensor's value waits for the iteration to finish: between two logs (``log_interval``) no
+    part of an iteration, the engine's decollation and handlers included, may read one. Counted on the CPU by
+    wrapping the tensor methods that read values, from ITERATION_STARTED to the last ITERATION_COMPLETED handler."""
+    from ignite.engine import Events
+
+    reads_per_iteration = {}
+    for log_interval in (1000, 1):
+        settings = {
+            "dataset_dir": str(data),
+            "output_dir": str(tmp_path / f"run{log_interval}"),
+            "ckpt_dir": str(tmp_path / "models"),
+            "device": "$torch.device('cpu')",
+            "image_size": 32,
+            "batch_size": 4,
+            "num_workers": 0,
+            "preflight": False,
+            "max_epochs": 1,
+            "log_interval": log_interval,
+        }
+        if config == "train.yaml":
+            settings["teacher_ckpt"] = str(teacher_ckpt)
+        workflow = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type="train", **settings)
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        counting = {"on": False, "reads": 0}
+        reads: list[int] = []
+
+        def start(_engine, counting=counting) -> None:
+            counting.update(on=True, reads=0)
+
+        def stop(_engine, counting=counting, reads=reads) -> None:
+            counting["on"] = False
+            reads.append(counting["reads"])
+
+        trainer.add_event_handler(Events.ITERATION_STARTED, start)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)  # after the config's handlers
+        with monkeypatch.context() as patch:
+            for name in READS:
+                original = getattr(torch.Tensor, name)
+
+                def counted(self, *args, _original=original, _counting=counting, **kwargs):
+                    # Adam reads its step counters, which PyTorch keeps on the CPU even for GPU parameters
+                    if _counting["on"] and f"torch{os.sep}optim{os.sep}" not in sys._getframe(1).f_code.co_filename:
+                        _counting["reads"] += 1
+                    return _original(self, *args, **kwargs)
+
+                patch.setattr(torch.Tensor, name, counted)
+            trainer.run()
+        reads_per_iteration[log_interval] = reads
+    # batch 4: MED-TEX trains on the 8 labelled and 4 unlabelled images, the teacher on the 8 labelled ones
+    assert reads_per_iteration[1000] == [0] * (3 if config == "train.yaml" else 2)
+    assert all(n > 0 for n in reads_per_iteration[1])  # the counter sees the progress bar and TensorBoard reading

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from ignite.metrics import Average, Metric
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
-from monai.handlers import from_engine
+from monai.transforms import Decollated
 from monai.utils import CommonKeys as Keys
 from torch.nn.parallel import DistributedDataParallel
 
@@ -24,7 +24,44 @@ MASK = "mask"
 LOSS_TERMS = ("ce", "kd", "vid", "mask", "fidelity")
 
 
-class MedTexTrainer(SupervisedTrainer):
+class DecollateWithoutSync:
+    """Mixin for MONAI trainers: decollate each iteration's batch and output without waiting for the GPU.
+
+    MONAI's trainers decollate with ``Decollated(detach=True)``, which turns every 0-d tensor (the loss, each loss
+    term, each image's label) into a Python number with ``.item()``: on a GPU, a CPU-GPU synchronisation in every
+    iteration, whether or not anything reads the number. Detaching first and decollating with ``detach=False`` gives
+    the same items, with the numbers left as 0-d tensors on their device; handlers read them (and synchronise) only
+    when they log (``log_interval`` in the training configs). Overrides ``Workflow._register_decollate``, which
+    ``Workflow.__init__`` calls when ``decollate`` is true.
+    """
+
+    def _register_decollate(self) -> None:
+        decollate = Decollated(keys=None, detach=False)
+
+        @self.on(IterationEvents.MODEL_COMPLETED)  # type: ignore[attr-defined]
+        def _decollate_data(engine: Any) -> None:
+            if isinstance(engine.state.batch, (list, dict)):
+                engine.state.batch = decollate(detached(engine.state.batch))
+            if isinstance(engine.state.output, (list, dict)):
+                engine.state.output = decollate(detached(engine.state.output))
+
+
+def detached(data: Any) -> Any:
+    """``data`` with every tensor in it (dicts and lists followed) detached from the autograd graph."""
+    if isinstance(data, torch.Tensor):
+        return data.detach()
+    if isinstance(data, dict):
+        return {key: detached(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(detached(value) for value in data)
+    return data
+
+
+class TeacherTrainer(DecollateWithoutSync, SupervisedTrainer):
+    """MONAI's ``SupervisedTrainer`` (configs/train_teacher.yaml) without its per-iteration CPU-GPU synchronisation."""
+
+
+class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
     """``SupervisedTrainer`` whose iteration distils a frozen teacher into ``network`` (a ``MedTex`` module).
 
     ``network`` may also be a plain classifier without ``explain`` (the transfer baseline that fine-tunes the
@@ -178,19 +215,34 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if isinstance(network, wrappers) else network
 
 
-def loss_term_metrics() -> dict[str, Metric]:
+def loss_term_metrics(device: str | torch.device = "cpu") -> dict[str, Metric]:
     """Ignite metrics for the trainer: the epoch mean of the total loss and of each term, as ``epoch_loss``,
     ``epoch_loss_ce`` ... in ``engine.state.metrics`` (averaged over processes in DDP runs), where every
     epoch-level logger finds them: StatsHandler, TensorBoard, and MLflow (``--tracking mlflow``). The first is the
-    trainer's key metric (``train#key_metric``).
+    trainer's key metric (``train#key_metric``). The sums accumulate on ``device`` (the training device): Ignite's
+    default, the CPU, would copy every iteration's loss off the GPU, a synchronisation per iteration.
     """
     keys = (Keys.LOSS,) + tuple(f"loss_{name}" for name in LOSS_TERMS)
-    return {f"epoch_{key}": Average(output_transform=from_engine([key], first=True)) for key in keys}
+    return {f"epoch_{key}": Average(output_transform=first_value(key), device=device) for key in keys}
+
+
+def first_value(key: str) -> Any:
+    """Output transform: ``key`` of a (decollated) engine output; scalars are replicated into every item."""
+
+    def transform(output: Any) -> Any:
+        return (output[0] if isinstance(output, (list, tuple)) else output)[key]
+
+    return transform
 
 
 def lower_is_better(current: float, best: float) -> bool:
     """``metric_cmp_fn`` for a loss as the key metric (MONAI's default counts higher values as better)."""
     return current < best
+
+
+def loss_value(output: Any) -> float:
+    """The total loss from a (decollated) trainer output, for Stats/TensorBoard handlers of a plain trainer."""
+    return loss_terms(output)[Keys.LOSS]
 
 
 def loss_terms(output: Any) -> dict[str, float]:
