@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,22 +101,29 @@ def test_autocast_inferer_auto_leaves_an_outer_autocast_alone():
         AutocastInferer(enabled="yes")
 
 
-def _precompute_workflow(tmp_path, data, teacher_ckpt, **override) -> ConfigWorkflow:
+def _tiny_workflow(config: str, run: Path, data: Path, **override) -> ConfigWorkflow:
+    """A training workflow of ``config`` on the tiny data set, on the CPU, writing below ``run``."""
     settings = {
         "dataset_dir": str(data),
-        "teacher_ckpt": str(teacher_ckpt),
-        "output_dir": str(tmp_path / "run"),
-        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(run / "run"),
+        "ckpt_dir": str(run / "models"),
         "device": "$torch.device('cpu')",
         "image_size": 32,
         "batch_size": 4,
         "num_workers": 0,
         "preflight": False,
+    }
+    return ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type="train", **{**settings, **override})
+
+
+def _precompute_workflow(tmp_path, data, teacher_ckpt, **override) -> ConfigWorkflow:
+    settings = {
+        "teacher_ckpt": str(teacher_ckpt),
         "teacher_bf16": False,
         "augmentation": [],
         "precompute_teacher": True,
     }
-    return ConfigWorkflow(config_file=str(CONFIGS / "train.yaml"), workflow_type="train", **{**settings, **override})
+    return _tiny_workflow("train.yaml", tmp_path, data, **{**settings, **override})
 
 
 def test_precomputed_teacher_outputs_give_the_same_losses_with_one_teacher_pass_less(tmp_path, data, teacher_ckpt):
@@ -195,21 +203,10 @@ def test_training_iterations_read_no_tensor_values_between_logs(config, tmp_path
 
     reads_per_iteration = {}
     for log_interval in (1000, 1):
-        settings = {
-            "dataset_dir": str(data),
-            "output_dir": str(tmp_path / f"run{log_interval}"),
-            "ckpt_dir": str(tmp_path / "models"),
-            "device": "$torch.device('cpu')",
-            "image_size": 32,
-            "batch_size": 4,
-            "num_workers": 0,
-            "preflight": False,
-            "max_epochs": 1,
-            "log_interval": log_interval,
-        }
+        settings = {"max_epochs": 1, "log_interval": log_interval}
         if config == "train.yaml":
             settings["teacher_ckpt"] = str(teacher_ckpt)
-        workflow = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type="train", **settings)
+        workflow = _tiny_workflow(config, tmp_path / f"log{log_interval}", data, **settings)
         workflow.initialize()
         trainer = workflow.parser.get_parsed_content("train#trainer")
         counting = {"on": False, "reads": 0}
