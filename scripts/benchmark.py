@@ -638,7 +638,7 @@ def bench_precomputed_teacher(
     settings: Settings, parser: ConfigParser, batches: list[dict[str, torch.Tensor]], fidelity: bool = True
 ) -> dict[str, Any]:
     """Seconds per engine iteration with the teacher's outputs for the clean image in the batch
-    (``precompute_teacher: true``, as ``TeacherOutputsd`` caches them) against the engine computing them.
+    (configs/precompute_teacher.yaml: ``TeacherOutputsd`` caches them) against the engine computing them.
 
     One engine run over the batches twice, each batch first as it comes and then with its teacher outputs attached,
     so that both kinds of iteration alternate under the same machine load; an iteration's time is the time between
@@ -888,7 +888,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     ]
     if "precompute_teacher" in results:  # absent from JSON files written before the option
         pre, kd = results["precompute_teacher"], results["precompute_teacher_without_fidelity"]
-        lines += ["### Precomputed teacher outputs (`precompute_teacher: true`)", ""]
+        lines += ["### Precomputed teacher outputs (`configs/precompute_teacher.yaml`)", ""]
         lines += table(
             ("s per engine iteration", "teacher's clean pass every iteration", "its outputs cached", "speedup"),
             [

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.data.datalist import TASKS  # noqa: E402
 from bundle.data.preflight import POLICIES, preflight  # noqa: E402
-from bundle.data.readers import DEFAULT_MAX_PIXELS  # noqa: E402
+from bundle.data.readers import DEFAULT_MAX_PIXELS, MedicalImageReader  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         policy=args.policy,
         decode=not args.no_decode,
         workers=args.workers,
-        frame=args.frame,
+        reader=MedicalImageReader(frame=args.frame, max_pixels=args.max_pixels),
         allowed_roots=args.allow_root,
-        max_pixels=args.max_pixels,
     )
     print(report.format())
     if args.json is not None:

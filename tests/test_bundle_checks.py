@@ -17,6 +17,7 @@ from monai.bundle import ConfigWorkflow, verify_net_in_out
 from monai.data import load_net_with_metadata
 from monai.inferers import SimpleInferer
 
+from bundle.data.transforms import LoadMedicalImaged
 from bundle.networks.teacher import load_weights
 from tests.conftest import inference_network
 
@@ -150,3 +151,23 @@ def test_inference_workflow_properties(tmp_path, data, model_ckpt):
     assert isinstance(wf.inferer, SimpleInferer) and wf.evaluator.inferer is wf.inferer
     with open(tmp_path / "out" / "predictions.csv") as f:
         assert len(list(csv.DictReader(f))) == len(wf.dataset) == 4
+
+
+@pytest.mark.parametrize("config", ["train.yaml", "train_teacher.yaml", "inference.yaml"])
+def test_one_image_reader_serves_loader_writer_and_preflight(config):
+    """``image_reader`` is the only place the reading settings live: an override reaches every reader of the run."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser.update({"frame": 2, "image_reader#scale_16bit": "dtype", "max_image_pixels": 1000})
+    reader = parser.get_parsed_content("image_reader")
+    assert (reader.frame, reader.scale_16bit, reader.max_pixels, reader.apply_voi) == (2, "dtype", 1000, True)
+    transforms = parser.get_parsed_content("preprocessing").transforms
+    loaders = [t for t in transforms if isinstance(t, LoadMedicalImaged)]
+    assert len(loaders) == 1 and loaders[0].loader.medical_reader is reader
+    if config == "inference.yaml":
+        writer = parser.get_parsed_content("handlers#1")
+        assert writer.reader is reader and writer.frame == 2
+    else:  # the pre-flight check gets the same object
+        assert "@image_reader" in parser.get("preflight_report") and "@frame" not in parser.get("preflight_report")

@@ -101,8 +101,8 @@ def test_autocast_inferer_auto_leaves_an_outer_autocast_alone():
         AutocastInferer(enabled="yes")
 
 
-def _tiny_workflow(config: str, run: Path, data: Path, **override) -> ConfigWorkflow:
-    """A training workflow of ``config`` on the tiny data set, on the CPU, writing below ``run``."""
+def _tiny_workflow(config: str | list[str], run: Path, data: Path, **override) -> ConfigWorkflow:
+    """A training workflow of ``config`` (files in configs/) on the tiny data set, on the CPU, writing below ``run``."""
     settings = {
         "dataset_dir": str(data),
         "output_dir": str(run / "run"),
@@ -113,17 +113,13 @@ def _tiny_workflow(config: str, run: Path, data: Path, **override) -> ConfigWork
         "num_workers": 0,
         "preflight": False,
     }
-    return ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type="train", **{**settings, **override})
+    files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
+    return ConfigWorkflow(config_file=files, workflow_type="train", **{**settings, **override})
 
 
 def _precompute_workflow(tmp_path, data, teacher_ckpt, **override) -> ConfigWorkflow:
-    settings = {
-        "teacher_ckpt": str(teacher_ckpt),
-        "teacher_bf16": False,
-        "augmentation": [],
-        "precompute_teacher": True,
-    }
-    return _tiny_workflow("train.yaml", tmp_path, data, **{**settings, **override})
+    settings = {"teacher_ckpt": str(teacher_ckpt), "teacher_bf16": False}
+    return _tiny_workflow(["train.yaml", "precompute_teacher.yaml"], tmp_path, data, **{**settings, **override})
 
 
 def test_precomputed_teacher_outputs_give_the_same_losses_with_one_teacher_pass_less(tmp_path, data, teacher_ckpt):

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .datalist import ITEM_LIST_KEYS, PATH_KEYS, SPLIT_KEYS, TASKS, _is_binary_or_unknown, load_datalist
-from .readers import DEFAULT_MAX_PIXELS, ImageReadError, MedicalImageReader, sniff_format
+from .readers import ImageReadError, MedicalImageReader, sniff_format
 
 logger = logging.getLogger(__name__)
 
@@ -189,10 +189,9 @@ def preflight(
     policy: str = "error",
     decode: bool = True,
     workers: int | None = None,
-    frame: int | None = None,
+    reader: MedicalImageReader | None = None,
     progress: bool | None = None,
     allowed_roots: Sequence[str | os.PathLike] | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Report:
     """Check a datalist and return a :class:`Report` of every problem (see the module docstring).
 
@@ -201,8 +200,9 @@ def preflight(
         policy: ``"error"`` or ``"skip"`` (items with bad files or labels go to ``Report.skipped``).
         decode: decode every file with ``MedicalImageReader`` (``False``: existence, size and content hash only).
         workers: threads that read files (default: CPU count, at most 8).
-        frame: the reader's ``frame`` (as the config's ``frame``), for multi-frame DICOM and NIfTI volumes.
-        max_pixels: the reader's ``max_pixels`` (as the config's ``max_image_pixels``): larger images are unreadable.
+        reader: the reader training uses (the config's ``image_reader``: its frame of multi-frame DICOM and NIfTI
+            volumes, its pixel limit); ``None``: ``MedicalImageReader()``. Decoding only proves a file readable,
+            so the reader's reduction of large images makes the check cheaper, not weaker.
         progress: a tqdm bar over files; default when there are more than 200 files.
         allowed_roots: when given, every path must resolve (symlinks followed) inside the datalist's folder or one of
             these folders; others are ``outside_root`` errors and are not opened. ``None``: no such check.
@@ -223,7 +223,8 @@ def preflight(
             for i, item in enumerate(lists[key]):
                 _check_label(content["task"], n_classes, key, i, item, base, report)
     roots = None if allowed_roots is None else [base.resolve(), *(Path(r).resolve() for r in allowed_roots)]
-    files = _check_files(lists, base, report, decode, workers, frame, progress, roots, max_pixels)
+    reader = reader if reader is not None else MedicalImageReader()
+    files = _check_files(lists, base, report, decode, workers, reader, progress, roots)
     bad = {(p.split, p.index) for p in report.problems if p.kind in ITEM_KINDS}
     if policy == "skip":
         for p in report.problems:
@@ -255,10 +256,9 @@ def preflight_or_exit(
     num_classes: int | None = None,
     policy: str = "error",
     enabled: bool = True,
-    frame: int | None = None,
+    reader: MedicalImageReader | None = None,
     decode: bool = True,
     allowed_roots: Sequence[str | os.PathLike] | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Report | None:
     """A config step: raise ``SystemExit`` with the report when the check fails, else return the report (``None``
     when disabled). Under policy ``skip`` the report lists the items to drop (``usable_items`` drops them); warnings
@@ -271,9 +271,8 @@ def preflight_or_exit(
         num_classes,
         policy=policy,
         decode=decode,
-        frame=frame,
+        reader=reader,
         allowed_roots=allowed_roots,
-        max_pixels=max_pixels,
     )
     if not report.ok:
         if policy == "skip":
@@ -413,10 +412,9 @@ def _check_files(
     report: Report,
     decode: bool,
     workers: int | None,
-    frame: int | None,
+    reader: MedicalImageReader,
     progress: bool | None,
     roots: list[Path] | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, _FileResult]:
     """Check each distinct file once (threads), then report per referencing item; return results by path."""
     refs: dict[str, list[tuple[str, int, str, str]]] = defaultdict(list)  # path -> (list, index, key, raw)
@@ -434,8 +432,6 @@ def _check_files(
                         hashed.add(path)
     paths = list(refs)
     report.files_checked = len(paths)
-    # decoding only proves the file readable: the default reduction makes big JPEGs cheaper to check
-    reader = MedicalImageReader(frame=frame, max_pixels=max_pixels)
     workers = max(1, workers or min(8, os.cpu_count() or 1))
     show = len(paths) > PROGRESS_MIN_FILES if progress is None else progress
     results: dict[str, _FileResult] = {}

@@ -15,7 +15,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
-from bundle.data.readers import DEFAULT_MAX_PIXELS, DEFAULT_REDUCE_MIN_SIDE, MedicalImageReader
+from bundle.data.readers import MedicalImageReader
 
 # ITU-R BT.601 luma weights, as PIL's convert("L") uses: RGB photographs to one gray channel.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -26,23 +26,15 @@ class LoadMedicalImage(LoadImage):
 
     MONAI's ``LoadImage`` turns a constructor-given reader's exception into a generic ``RuntimeError`` that
     lists every registered reader; passing the reader at call time keeps our ``ImageReadError`` (file + reason).
+
+    Args:
+        reader: the reader and its settings (frame, 16-bit scaling, VOI, size limits); the configs build one,
+            ``image_reader``, and hand it to the loader, the overlay writer and the pre-flight check alike.
+            ``None``: ``MedicalImageReader()`` with its defaults.
     """
 
-    def __init__(
-        self,
-        frame: int | None = None,
-        scale_16bit: str = "minmax",
-        apply_voi: bool = True,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        reduce_min_side: int | None = DEFAULT_REDUCE_MIN_SIDE,
-    ) -> None:
-        self.medical_reader = MedicalImageReader(
-            frame=frame,
-            scale_16bit=scale_16bit,
-            apply_voi=apply_voi,
-            max_pixels=max_pixels,
-            reduce_min_side=reduce_min_side,
-        )
+    def __init__(self, reader: MedicalImageReader | None = None) -> None:
+        self.medical_reader = reader if reader is not None else MedicalImageReader()
         super().__init__(reader=self.medical_reader, image_only=True, dtype=torch.float32, ensure_channel_first=True)
 
     def __call__(self, filename: Sequence[os.PathLike | str] | os.PathLike | str, reader: Any = None) -> MetaTensor:
@@ -50,26 +42,13 @@ class LoadMedicalImage(LoadImage):
 
 
 class LoadMedicalImaged(MapTransform):
-    """Dictionary version of ``LoadMedicalImage`` (e.g. keys ``image`` and ``mask``)."""
+    """Dictionary version of ``LoadMedicalImage`` (e.g. keys ``image`` and ``mask``), with the same ``reader``."""
 
     def __init__(
-        self,
-        keys: KeysCollection,
-        frame: int | None = None,
-        scale_16bit: str = "minmax",
-        apply_voi: bool = True,
-        allow_missing_keys: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        reduce_min_side: int | None = DEFAULT_REDUCE_MIN_SIDE,
+        self, keys: KeysCollection, reader: MedicalImageReader | None = None, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadMedicalImage(
-            frame=frame,
-            scale_16bit=scale_16bit,
-            apply_voi=apply_voi,
-            max_pixels=max_pixels,
-            reduce_min_side=reduce_min_side,
-        )
+        self.loader = LoadMedicalImage(reader)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -1,4 +1,4 @@
-"""Teacher outputs computed once per training image and cached with it (``precompute_teacher: true``).
+"""Teacher outputs computed once per training image and cached with it (configs/precompute_teacher.yaml).
 
 Without augmentation every epoch shows the frozen teacher the same images, so its logits and VID features are the
 same every epoch too. A transform at the end of the training chain's deterministic part lets MONAI's
@@ -73,14 +73,15 @@ def teacher_output_transforms(
         return []
     if any(isinstance(transform, Randomizable) for transform in augmentation):
         raise ValueError(
-            "precompute_teacher: true needs augmentation off (set augmentation: []): with random augmentation the "
-            "teacher sees a different image every epoch, so its outputs cannot be computed once"
+            "precompute_teacher needs augmentation off (augmentation: [], as configs/precompute_teacher.yaml sets it): "
+            "with random augmentation the teacher sees a different image every epoch, so its outputs cannot be "
+            "computed once"
         )
     if cache_rate < 1.0:
         raise ValueError(
-            f"precompute_teacher: true needs cache_rate: 1.0 (got {cache_rate}): the teacher outputs are kept in the "
-            "cache; uncached items would run the teacher one image at a time in every epoch"
+            f"precompute_teacher needs cache_rate: 1.0 (got {cache_rate}): the teacher outputs are kept in the cache; "
+            "uncached items would run the teacher one image at a time in every epoch"
         )
     if teacher is None:
-        raise ValueError("precompute_teacher: true but no teacher is used (KD and VID weights are 0)")
+        raise ValueError("precompute_teacher: this run uses no teacher (KD and VID weights are 0)")
     return [TeacherOutputsd(teacher, device)]

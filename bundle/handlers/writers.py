@@ -28,7 +28,7 @@ from monai.transforms import Resize
 from PIL import Image
 
 from bundle.data.inference import ERROR_KEY, IMAGE_SUFFIXES, SOURCE_KEY, VALID_KEY
-from bundle.data.readers import DEFAULT_MAX_PIXELS, DEFAULT_REDUCE_MIN_SIDE, MedicalImageReader
+from bundle.data.readers import MedicalImageReader
 from bundle.engines.evaluator import SALIENCY
 from bundle.handlers.atomic import PART, write_atomically
 
@@ -145,8 +145,8 @@ class SaliencyWriter:
         task: ``multiclass`` or ``multilabel``.
         threshold: probability from which a ``multilabel`` finding counts as present.
         alpha: maximum opacity of the heatmap.
-        frame, scale_16bit, apply_voi, max_pixels, reduce_min_side: as ``MedicalImageReader``; use the
-            preprocessing's values (overlays are drawn on the image as read, reduced if it was).
+        reader: the preprocessing's reader (config ``image_reader``): overlays are drawn on the image as it read
+            it (its frame, reduced if it was); ``None``: ``MedicalImageReader()``.
         write_dicom: write the Secondary Capture for DICOM sources.
         resume: keep what a previous run wrote to ``output_dir`` (False: start both CSV files over).
         deidentify: DICOM captures without the patient's identity (``deidentify_capture``); study linkage stays.
@@ -161,17 +161,13 @@ class SaliencyWriter:
         task: str = "multiclass",
         threshold: float = 0.5,
         alpha: float = 0.6,
-        frame: int | None = None,
-        scale_16bit: str = "minmax",
-        apply_voi: bool = True,
+        reader: MedicalImageReader | None = None,
         write_dicom: bool = True,
         series_number: int = 9001,
         series_description: str = "MED-TEX saliency overlay",
         manufacturer: str = "MED-TEX MONAI bundle",
         resume: bool = True,
         deidentify: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        reduce_min_side: int | None = DEFAULT_REDUCE_MIN_SIDE,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -180,14 +176,8 @@ class SaliencyWriter:
         self.task = task
         self.threshold = threshold
         self.alpha = alpha
-        self.reader = MedicalImageReader(
-            frame=frame,
-            scale_16bit=scale_16bit,
-            apply_voi=apply_voi,
-            max_pixels=max_pixels,
-            reduce_min_side=reduce_min_side,
-        )
-        self.frame = frame
+        self.reader = reader if reader is not None else MedicalImageReader()
+        self.frame = self.reader.frame
         self.write_dicom = write_dicom
         self.series_number = series_number
         self.series_description = series_description
