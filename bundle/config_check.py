@@ -7,7 +7,9 @@ and lists every problem at once:
 
 - unknown key: a top-level id that no config file defines (with the closest known ids as suggestions); a nested id
   (``--network_def#features 16``) needs its parent: a dict gains the key, a list must have the index (on the
-  command line MONAI itself stops at a missing parent, with a traceback, before any step runs);
+  command line MONAI itself stops at a missing parent, with a traceback, before any step runs); a new key of a
+  component (a dict with ``_target_``) must be an argument of its class or function (``--image_reader#scale_16bt``
+  would otherwise stop the run at instantiation, after the data were listed);
 - wrong type: where the configs give a plain literal default, the value must fit it: an int default takes an int
   (not a bool), a float default an int or float, a bool default a bool, a string default a string (``auto`` also a
   bool: the true/false/auto switches), a list default a list. Expression defaults (``$``, ``@``, ``%``), ``null``
@@ -25,6 +27,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import pydoc
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +36,7 @@ from typing import Any
 from fire.parser import DefaultParseValue, SeparateFlagArgs
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle import scripts as bundle_scripts
+from monai.bundle.config_item import ComponentLocator
 from monai.bundle.reference_resolver import ReferenceResolver
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
@@ -81,6 +85,24 @@ def _expected_type(default: Any) -> tuple[str, Callable[[Any], bool]] | None:
     if isinstance(default, (list, tuple)):
         return "a list", lambda v: isinstance(v, (list, tuple))
     return None  # null, dicts (components), expressions
+
+
+def _component_parameters(target: Any) -> list[str] | None:
+    """The keyword arguments a component's ``_target_`` accepts, or ``None`` when it takes any (``**kwargs``) or
+    cannot be looked up here (an expression, a name MONAI's locator does not know): then nothing is checked."""
+    if not isinstance(target, str) or is_expression(target):
+        return None
+    module = ComponentLocator().get_component_module_name(target) if "." not in target else None
+    component = pydoc.locate(f"{module}.{target}" if isinstance(module, str) else target)
+    if component is None:
+        return None
+    try:
+        parameters = inspect.signature(component).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL]
 
 
 def _file_list(config_files: str | Path | Sequence[str | Path]) -> list[str]:
@@ -148,6 +170,12 @@ def find_problems(
                     node = node[part]
                     continue
                 if depth == len(parts) - 1:  # a new key in an existing dict: e.g. another constructor argument
+                    accepted = _component_parameters(node.get("_target_")) if not part.startswith("_") else None
+                    if accepted is not None and part not in accepted:  # "_name_" keys are MONAI's (_disabled_, ...)
+                        close = difflib.get_close_matches(part, accepted, n=_MAX_SUGGESTIONS)
+                        hint = "; did you mean " + " or ".join(repr(c) for c in close) + "?" if close else ""
+                        problems.append(f"{id_}: {node['_target_']} ({parent}) takes no argument {part!r}{hint}")
+                        broken = True
                     defined = False
                     break
                 close = difflib.get_close_matches(part, [str(k) for k in node], n=_MAX_SUGGESTIONS)

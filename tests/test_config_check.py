@@ -75,13 +75,33 @@ def test_nested_ids_need_their_parent():
     assert "'network_def#explainer' is None" in problem  # the baseline removes the explainer
 
 
+def test_a_new_key_of_a_component_must_be_an_argument_of_its_target():
+    overrides = {
+        "image_reader#scale_16bt": "dtype",  # bundle component, typo
+        "augmentation#1#prb": 0.5,  # MONAI transform by its short name, typo beside the existing "prob"
+        "student#x": 1,
+        "student#dropout_prob": 0.1,  # a real argument the config does not set
+        "student#_disabled_": True,  # MONAI's own "_name_" keys
+        "train#dataset#copy_cache": False,  # CacheDataset: a real argument
+        "optimizer#foreach": False,  # torch.optim.AdamW, by its dotted path
+    }
+    assert find_problems(TRAIN, overrides) == [
+        "image_reader#scale_16bt: bundle.data.readers.MedicalImageReader (image_reader) takes no argument "
+        "'scale_16bt'; did you mean 'scale_16bit'?",
+        "augmentation#1#prb: RandAffined (augmentation#1) takes no argument 'prb'; did you mean 'prob'?",
+        "student#x: bundle.networks.Student (student) takes no argument 'x'",
+    ]
+
+
 def test_a_none_override_that_monai_would_drop_is_reported():
     # MONAI's update_kwargs drops None values: --read_min_side None would silently keep 1024
-    problems = find_problems(TRAIN, {"read_min_side": None, "frame": None, "init_ckpt": None, "student#x": None})
+    overrides = {"read_min_side": None, "frame": None, "init_ckpt": None, "student#dropout_prob": None}
+    problems = find_problems(TRAIN, overrides)
     assert problems == [
         "read_min_side: None is dropped by MONAI's command line, so configs/train.yaml keeps 1024; "
         "write '$None' to set null",
-        "student#x: None is dropped by MONAI's command line, so the key is not set; write '$None' to set null",
+        "student#dropout_prob: None is dropped by MONAI's command line, so the key is not set; write '$None' to set "
+        "null",
     ]  # frame and init_ckpt are null already: nothing lost
     assert find_problems(TRAIN, {"read_min_side": "$None"}) == []
 
