@@ -246,7 +246,7 @@ class MedicalImageReader(ImageReader):
                             raise ImageReadError(path, f"multi-frame image ({im.n_frames} frames); set frame")
                         im.seek(self.frame)
                     stored, bits = _pil_to_array(im)
-                    array = _reduce_blocks(stored, self._reduction(*stored.shape[:2])).astype(np.float64)
+                    array = _reduce_blocks(stored, self._reduction(*stored.shape[:2]), as_float=True)
                     del stored
             except (
                 OSError,
@@ -305,13 +305,13 @@ class MedicalImageReader(ImageReader):
         for tag in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"):
             meta[tag] = str(getattr(ds, tag, ""))
         if photometric == "PALETTE COLOR":  # palette indices cannot be averaged: reduce the colours
-            rgb = _reduce_blocks(apply_color_lut(pixels, ds), factor).astype(np.float64)
+            rgb = _reduce_blocks(apply_color_lut(pixels, ds), factor, as_float=True)
             return rgb / (65535.0 if rgb.max() > 255 else 255.0), meta
+        if samples == 3:  # RGB, or YBR_* that pydicom already converted to RGB
+            return _reduce_blocks(pixels, factor, as_float=True) / float(2 ** meta["bits"] - 1), meta
         # stored values reduced first (rounded to their type, so LUT-based modality LUTs still index): windowing
         # and scaling then run on the small array; the rounding moves a value by at most half a stored unit
         pixels = _reduce_blocks(pixels, factor)
-        if samples == 3:  # RGB, or YBR_* that pydicom already converted to RGB
-            return pixels.astype(np.float64) / float(2 ** meta["bits"] - 1), meta
         frame_index = self.frame or 0
         values = apply_modality_lut(pixels, ds).astype(np.float64)
         voi = self.apply_voi and ("VOILUTSequence" in ds or "WindowCenter" in ds and "WindowWidth" in ds)
@@ -426,19 +426,22 @@ def _pil_to_array(im: Any) -> tuple[np.ndarray, int]:
     return np.array(im.convert("RGB")), 8  # RGB, RGBA, P, CMYK, YCbCr, LAB, HSV
 
 
-def _reduce_blocks(array: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of ``factor`` x ``factor`` blocks of a (rows, cols[, channels]) array, in the array's own type (integers
-    rounded), dropping the last ``rows % factor`` rows and ``cols % factor`` columns. Sums the factor**2 strided
-    views into a float32 array of the reduced size, so no full-size float copy is made (and it is twice as fast as
-    a 5-D reshape-and-mean)."""
+def _reduce_blocks(array: np.ndarray, factor: int, as_float: bool = False) -> np.ndarray:
+    """Mean of ``factor`` x ``factor`` blocks of a (rows, cols[, channels]) array, dropping the last
+    ``rows % factor`` rows and ``cols % factor`` columns: float64 with ``as_float`` (for callers that go on in
+    floats), else in the array's own type (integers rounded, for lookup tables that index by stored value). Sums the
+    factor**2 strided views into a float32 array of the reduced size, so no full-size float copy is made (and it is
+    twice as fast as a 5-D reshape-and-mean)."""
     if factor <= 1:
-        return array
+        return array.astype(np.float64) if as_float else array
     rows, cols = (array.shape[0] // factor) * factor, (array.shape[1] // factor) * factor
     mean = np.zeros((rows // factor, cols // factor, *array.shape[2:]), dtype=np.float32)
     for i in range(factor):
         for j in range(factor):
             mean += array[i:rows:factor, j:cols:factor]
     mean /= factor * factor
+    if as_float:
+        return mean.astype(np.float64)
     if np.issubdtype(array.dtype, np.integer):
         return np.rint(mean).astype(array.dtype)
     return mean.astype(array.dtype)
