@@ -69,3 +69,10 @@ def test_killed_inference_resumes_and_another_model_starts_over(tmp_path):
     assert "another model" in log and "resuming in" not in log
     retrained = rows(out / "predictions.csv")
     assert [r[0] for r in retrained] == [r[0] for r in complete_predictions] and retrained != complete_predictions
+
+    # reading the config (as MONAI Label or a script would) deletes nothing, even with resume off: only the
+    # workflow's initialize step decides what stays
+    parser = reference_parser(datalist)
+    parser.update({"input_dir": str(inputs), "output_dir": str(out), "ckpt_dir": str(models), "resume": False})
+    assert len(parser.get_parsed_content("dataset")) == 0  # everything listed already
+    assert rows(out / "predictions.csv") == retrained

@@ -112,19 +112,16 @@ def finished_sources(output_dir: str | os.PathLike) -> set[str]:
     return done
 
 
-def pending_items(
-    items: Sequence[dict],
-    output_dir: str | os.PathLike,
-    resume: bool = True,
-    checkpoint: str | os.PathLike | None = None,
-) -> list[dict]:
-    """``items`` less those a previous (killed) run into ``output_dir`` finished with the same model.
+def prepare_output_dir(
+    output_dir: str | os.PathLike, resume: bool = True, checkpoint: str | os.PathLike | None = None
+) -> bool:
+    """Get ``output_dir`` ready for a run (an ``initialize`` step): whether it resumes a previous (killed) run.
 
     The run records the SHA-256 of its ``checkpoint`` in ``output_dir/.inference_resume.json``. When ``resume`` is
     off, or the model differs from the previous run's (retrained weights must not mix with old predictions), the
-    previous CSV files are removed so that the writer starts them over, and every item is returned.
+    previous CSV files are removed so that the writer starts them over. A step of its own, not part of the dataset
+    expression, so that reading the config (MONAI Label, ``get_parsed_content("dataset")``) never deletes results.
     """
-    items = list(items)
     out = Path(output_dir)
     stamp = {"checkpoint": str(checkpoint), "sha256": _sha256(checkpoint)} if checkpoint else {}
     state = out / RESUME_STATE
@@ -138,13 +135,18 @@ def pending_items(
             path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps(stamp) + "\n")
-    if not (resume and same_model):
-        return items
-    done = finished_sources(out)
+    return resume and same_model
+
+
+def pending_items(items: Sequence[dict], output_dir: str | os.PathLike) -> list[dict]:
+    """``items`` less the files already listed in ``output_dir``'s predictions.csv or errors.csv (read only: which
+    of those stay is ``prepare_output_dir``'s decision, taken before)."""
+    items = list(items)
+    done = finished_sources(output_dir)
     pending = [item for item in items if str(item["image"]) not in done]
     if len(pending) < len(items):
         logger.info(
-            f"resuming in {out}: {len(items) - len(pending)} of {len(items)} files already done, "
+            f"resuming in {output_dir}: {len(items) - len(pending)} of {len(items)} files already done, "
             f"{len(pending)} to go (resume: false starts over)"
         )
     return pending

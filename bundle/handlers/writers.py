@@ -136,8 +136,9 @@ class SaliencyWriter:
     A killed run leaves no half-written file: each output is written under a hidden ``.part-`` name and renamed
     into place, and a file's CSV row is appended only after its outputs. With ``resume`` a run started again on the
     same ``output_dir`` keeps the rows (and so the files) already there and appends the rest; the config feeds it
-    only the files not yet listed (``bundle.data.inference.pending_items``). DICOM captures get UIDs derived from
-    the source's and the output folder, so a resumed or repeated run writes the same series, not a second one.
+    only the files not yet listed (``bundle.data.inference.prepare_output_dir`` and ``pending_items``). DICOM
+    captures get UIDs derived from the source's and the output folder, so a resumed or repeated run writes the same
+    series, not a second one.
 
     Args:
         output_dir: folder for all outputs (created).
