@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bundle.data.datalist import ITEM_LIST_KEYS, load_datalist, read_datalist_info, save_datalist  # noqa: E402
 from bundle.data.demo import DOMAINS, TASKS, generate_demo_data  # noqa: E402
 from bundle.data.splits import select_labeled  # noqa: E402
+from bundle.handlers.atomic import file_sha256  # noqa: E402
 from bundle.report import write_html_report  # noqa: E402
 
 TEACHER = "teacher"  # evaluated, not trained on local data
@@ -275,6 +276,7 @@ class Experiment:
             "monai": _version("monai"),
             "settings": {**self.settings(), "pool": self.pool},
             "teacher_ckpt": str(self.teacher_ckpt),
+            "weights_sha256": previous.get("weights_sha256", {}),  # shared networks the rows were made with
             "csv": self.csv_path.name,
         }
         self.out.mkdir(parents=True, exist_ok=True)
@@ -364,11 +366,31 @@ class Experiment:
 
     # --- shared checkpoints ---------------------------------------------------------------------------------------
 
+    def same_weights(self, name: str, ckpt: Path) -> bool:
+        """Record the SHA-256 of the shared network ``name`` (teacher, source student) in the metadata, or, when the
+        finished runs were made with other weights (a teacher given or trained again differently), refuse them:
+        ``False``, and the runs that need it are skipped. Retraining is deterministic on one machine (fixed seeds),
+        so an experiment continued in a fresh ``--out`` that holds only the CSV and JSON keeps its runs."""
+        digest = file_sha256(ckpt)
+        meta = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        recorded = meta.setdefault("weights_sha256", {}).get(name)
+        if recorded is not None and recorded != digest and read_rows(self.csv_path):
+            self.failures.append(f"{name}: {ckpt} differs from the one the finished runs used")
+            _say(
+                f"REFUSED: {ckpt} (SHA-256 {digest[:12]}) is not the {name} the runs in {self.csv_path} were made "
+                f"with ({recorded[:12]}); their rows would mix two {name}s. Use another --out."
+            )
+            return False
+        meta["weights_sha256"][name] = digest
+        self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        return True
+
     def train_once(self, name: str, configs: str, ckpt: Path, *overrides: str) -> bool:
-        """Train a shared network (teacher, source student) on the teacher's data unless it is already there."""
+        """Train a shared network (teacher, source student) on the teacher's data unless it is already there; whether
+        it is there and the same as the finished runs used."""
         done = ckpt.parent / f"{ckpt.stem}.done.json"
         if ckpt.is_file() and done.is_file():
-            return True
+            return self.same_weights(name, ckpt)
         log = self.work["logs"] / f"{name}.log"
         _say(f"training the {name} on the teacher's data (log: {log})")
         ok, seconds = self.bundle(
@@ -395,17 +417,17 @@ class Experiment:
             return False
         done.write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
         _remove_resume_checkpoints(self.work["runs"] / name)
-        return True
+        return self.same_weights(name, ckpt)
 
     def teacher(self) -> bool:
         if self.args.teacher_ckpt is not None:
-            return True
+            return self.same_weights(TEACHER, self.teacher_ckpt)
         train_teacher = config_list(["configs/train_teacher.yaml", *DATASET_CONFIGS[self.task]])
         return self.train_once(TEACHER, train_teacher, self.teacher_ckpt)
 
     def source_student(self) -> bool:
         if self.args.source_student_ckpt is not None:
-            return True
+            return self.same_weights("source_student", self.source_ckpt)
         return self.train_once("source_student", self.configs("scratch"), self.source_ckpt)
 
     # --- runs -----------------------------------------------------------------------------------------------------

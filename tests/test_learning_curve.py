@@ -127,6 +127,17 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
         ("scratch", "8", "1", "0.75"),
     ]
 
+    # a teacher other than the one the rows were made with (given, or retrained differently in a fresh folder that
+    # holds only the CSV and JSON) is refused: the runs that need it are skipped, the others go on
+    teacher = out / "models" / "fundus" / "teacher.pt"
+    recorded = json.loads((out / "learning_curve_fundus.json").read_text())["weights_sha256"]
+    assert recorded == {"teacher": learning_curve.file_sha256(teacher)}  # the source student was given, not used
+    teacher.write_bytes(teacher.read_bytes() + b"retrained differently")
+    code = learning_curve.main([*args, "--methods", *METHODS, "--seeds", "2", "--sizes", "8"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "REFUSED" in printed and "not the teacher the runs" in printed
+    assert [(r["method"], r["seed"]) for r in read_rows(csv_path)[len(new) :]] == [("scratch", "2")]
+
     # the same folder with other settings would mix incomparable runs: refused before any work
     with pytest.raises(SystemExit, match="other settings.*epochs: 1 -> 2"):
         learning_curve.main([*args, "--methods", *METHODS, "--epochs", "2"])

@@ -8,7 +8,6 @@ export becomes a row in ``errors.csv`` instead of a crashed run.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from monai.transforms import apply_transform
 
 from bundle.data.datalist import load_datalist, read_datalist_info
 from bundle.data.readers import DICOM_SUFFIXES, ITK_SUFFIXES, NATURAL_SUFFIXES, NIFTI_SUFFIXES, sniff_format
+from bundle.handlers.atomic import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def prepare_output_dir(
     expression, so that reading the config (MONAI Label, ``get_parsed_content("dataset")``) never deletes results.
     """
     out = Path(output_dir)
-    stamp = {"checkpoint": str(checkpoint), "sha256": _sha256(checkpoint)} if checkpoint else {}
+    stamp = {"checkpoint": str(checkpoint), "sha256": file_sha256(checkpoint)} if checkpoint else {}
     state = out / RESUME_STATE
     previous = json.loads(state.read_text()) if state.is_file() else None
     same_model = previous is not None and previous.get("sha256") == stamp.get("sha256")
@@ -150,14 +150,6 @@ def pending_items(items: Sequence[dict], output_dir: str | os.PathLike) -> list[
             f"{len(pending)} to go (resume: false starts over)"
         )
     return pending
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def require_checkpoint(path: str | os.PathLike) -> None:

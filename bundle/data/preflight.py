@@ -19,7 +19,6 @@ keep the leak (which copy is the wrong one?) or quietly train and evaluate on ot
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..handlers.atomic import file_sha256
 from .datalist import ITEM_LIST_KEYS, PATH_KEYS, SPLIT_KEYS, TASKS, _is_binary_or_unknown, load_datalist
 from .readers import ImageReadError, MedicalImageReader, sniff_format
 
@@ -66,7 +66,7 @@ KIND_ORDER = (
 )
 PROGRESS_MIN_FILES = 200
 _NON_FINITE_REASON = "pixel values contain NaN or infinity"  # MedicalImageReader's message
-_HASH_CHUNK = 1 << 20
+
 _MAX_LISTED = 5  # files named per split in one overlap message
 
 
@@ -476,7 +476,7 @@ def _check_file(
             return _FileResult("unreadable", "is a folder, not an image file", None)
         if os.path.getsize(path) == 0:
             return _FileResult("zero_byte", "empty file (0 bytes)", None)
-        digest = _sha256(path) if want_hash else None
+        digest = file_sha256(path) if want_hash else None
         if decode:
             try:
                 reader.read_file(path)
@@ -489,14 +489,6 @@ def _check_file(
         return _FileResult(None, "", digest)
     except Exception as e:  # one odd file (permissions, decoder bug) must not stop the whole report
         return _FileResult("unreadable", f"{type(e).__name__}: {e}", None)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _count_non_finite(path: str) -> tuple[int, int]:

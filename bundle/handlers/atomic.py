@@ -1,13 +1,24 @@
-"""One way to write a file so that a reader, or a run resumed after a kill, sees the whole file or none of it."""
+"""One way to write a file so that a reader, or a run resumed after a kill, sees the whole file or none of it; and
+one way to tell whether a file is the same one a previous run used (its SHA-256)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 PART = ".part-"  # prefix of files being written: hidden, so never listed as inputs nor taken for checkpoints
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of the file's bytes, read ``chunk`` bytes at a time (checkpoints and images of any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
