@@ -10,6 +10,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -18,6 +19,7 @@ from monai.bundle import ConfigParser
 
 from bundle.data.demo import generate_demo_data
 from bundle.data.preflight import preflight, preflight_or_exit
+from bundle.data.readers import MedicalImageReader
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "validate_datalist.py"
 _spec = importlib.util.spec_from_file_location("validate_datalist", SCRIPT)
@@ -242,6 +244,48 @@ def test_every_problem_is_collected_and_skip_policy_drops_items(copy, caplog, ca
     assert "skip list" in out and "training: [0, 1, 4]" in out and "OK:" in out
     assert validate_datalist.main([str(copy), "--policy", "error"]) == 1
     assert len(preflight_or_exit(str(copy), "multiclass", 5, "skip", True).skipped_files) == 7
+
+
+class RecordingReader(MedicalImageReader):
+    """The bundle's reader, appending the path of every file it decodes to ``log``."""
+
+    def __init__(self, log: str) -> None:
+        super().__init__()
+        self.log = log
+
+    def read_file(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        with open(self.log, "a") as f:
+            f.write(f"{path}\n")
+        return super().read_file(path, *args, **kwargs)
+
+
+def _preflight_in_process_group(rank: int, world: int, store: str, datalist: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        report = preflight(datalist, policy="skip", reader=RecordingReader(f"{out}.decoded{rank}"), workers=1)
+        problems = [p.message for p in report.problems]
+        Path(f"{out}.report{rank}").write_text(json.dumps({"skipped": report.skipped, "problems": problems}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_processes_share_the_decoding_and_agree_on_the_report(copy, tmp_path):
+    import torch.multiprocessing as mp
+
+    skip_corruptions(copy)
+    alone = preflight(copy, policy="skip", reader=RecordingReader(str(tmp_path / "alone")), workers=1)
+    decoded_alone = (tmp_path / "alone").read_text().splitlines()
+    out = str(tmp_path / "rank")
+    mp.spawn(_preflight_in_process_group, args=(2, str(tmp_path / "store"), str(copy), out), nprocs=2)
+    shares = [Path(f"{out}.decoded{rank}").read_text().splitlines() for rank in (0, 1)]
+    # each file decoded once in all (a share each), not once per process
+    assert sorted(shares[0] + shares[1]) == sorted(decoded_alone) and len(decoded_alone) > 20
+    assert abs(len(shares[0]) - len(shares[1])) <= 1 and not set(shares[0]) & set(shares[1])
+    expected = {"skipped": alone.skipped, "problems": [p.message for p in alone.problems]}
+    for rank in (0, 1):  # every process gets the whole report, the same as one process alone would
+        assert json.loads(Path(f"{out}.report{rank}").read_text()) == expected
 
 
 @pytest.mark.parametrize("kind", ["split_overlap_path", "split_overlap_patient", "duplicate_content"])

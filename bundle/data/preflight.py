@@ -10,6 +10,9 @@
   file content (sha256) in two splits;
 - that every class occurs in each labelled split, and that the datalist agrees with the config's task and classes.
 
+Under torchrun (a process group set up before the check) the processes share the file checks, each file decoded by
+one of them, and every process gets the same whole report.
+
 Policies. ``"error"``: any error-level problem fails the check. ``"skip"``: problems of one item's own files or
 label (missing, empty, unreadable, non-finite, bad label) mark the item as skipped, and ``Report.skipped`` lists the
 indices to drop per list. Split-level problems (overlaps, duplicate content, missing classes, task mismatch, empty
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
 
 from ..handlers.atomic import file_sha256
 from .datalist import ITEM_LIST_KEYS, PATH_KEYS, SPLIT_KEYS, TASKS, _is_binary_or_unknown, load_datalist
@@ -432,22 +436,31 @@ def _check_files(
                         hashed.add(path)
     paths = list(refs)
     report.files_checked = len(paths)
+    # In a distributed run (torchrun, the process group already set up) each process checks its share of the files
+    # and all get every result, so the check costs one decode per file in all, not one per file and process.
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    mine = paths[rank::world]
     workers = max(1, workers or min(8, os.cpu_count() or 1))
-    show = len(paths) > PROGRESS_MIN_FILES if progress is None else progress
+    show = (len(paths) > PROGRESS_MIN_FILES if progress is None else progress) and rank == 0
     results: dict[str, _FileResult] = {}
     from tqdm import tqdm
 
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(total=len(paths), desc="checking files", unit="file", disable=not show) as bar,
+        tqdm(total=len(mine), desc="checking files", unit="file", disable=not show) as bar,
     ):
         chunk = workers * 32  # bounded: at most this many files in flight
-        for start in range(0, len(paths), chunk):
-            batch = paths[start : start + chunk]
+        for start in range(0, len(mine), chunk):
+            batch = mine[start : start + chunk]
             done = pool.map(lambda p: _check_file(p, reader, decode, p in hashed, roots), batch)
             for path, result in zip(batch, done):
                 results[path] = result
                 bar.update(1)
+    if world > 1:
+        shares: list[Any] = [None] * world
+        dist.all_gather_object(shares, results)
+        every = {path: result for share in shares for path, result in share.items()}
+        results = {path: every[path] for path in paths}  # the datalist's order, the same in every process
     for path, result in results.items():
         if result.kind is None:
             continue
