@@ -8,7 +8,8 @@ training images of ``--student-domain`` plus ``--n-unlabeled`` unlabelled ones a
 For each size and seed the labelled set is a seeded, class-stratified subset of the pool and the rest of the pool
 becomes unlabelled (bundle.data.splits.select_labeled); methods that use unlabelled images (MED-TEX, KD, VID) see it.
 The teacher is trained once (configs/train_teacher.yaml) unless ``--teacher-ckpt`` is given; ``transfer_student``
-starts from a student trained once on the teacher's data with configs/baselines/scratch.yaml. Every run is a
+and ``medtex_from_source`` start from a student trained once on the teacher's data with configs/baselines/scratch.yaml
+(``--source-student-ckpt`` gives one instead). Every run is a
 ``python -m monai.bundle run training`` then ``evaluating`` (configs/evaluate.yaml) subprocess whose log is kept in
 ``<out>/logs``; a run that fails is reported and the others go on. Methods: ``medtex`` (configs/train.yaml as is),
 every ``configs/baselines/<name>.yaml`` by its name, and ``teacher`` (the teacher evaluated on the local test set,
@@ -51,6 +52,8 @@ from bundle.report import write_html_report  # noqa: E402
 
 TEACHER = "teacher"  # evaluated, not trained on local data
 MEDTEX = "medtex"  # configs/train.yaml without overrides
+FROM_SOURCE = ("transfer_student", "medtex_from_source")  # start from the student trained on the teacher's data
+WITHOUT_TEACHER = ("scratch", "transfer_student")  # trained on local labels alone
 DATASET_CONFIGS = {"fundus": [], "cxr": ["configs/datasets/demo_cxr.yaml"]}
 COLUMNS = [
     "task",
@@ -134,7 +137,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--teacher-epochs", type=int, default=8, help="epochs on the teacher's data (default 8)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the generated images (default 0)")
     parser.add_argument("--teacher-ckpt", type=Path, help="a trained teacher (default: train one)")
-    parser.add_argument("--source-student-ckpt", type=Path, help="source-domain student for transfer_student")
+    parser.add_argument(
+        "--source-student-ckpt", type=Path, help="source-domain student for transfer_student and medtex_from_source"
+    )
     parser.add_argument("--batch-size", type=int, help="bundle batch_size (default: the configs')")
     parser.add_argument("--num-workers", type=int, help="bundle num_workers (default: the configs')")
     parser.add_argument(
@@ -450,7 +455,7 @@ class Experiment:
         where += ["--teacher_ckpt", str(self.teacher_ckpt)]
         done = run_dir / "train.done.json"
         if not done.is_file():
-            init = ["--init_ckpt", str(self.source_ckpt)] if method == "transfer_student" else []
+            init = ["--init_ckpt", str(self.source_ckpt)] if method in FROM_SOURCE else []
             ok, seconds = self.bundle(
                 "training",
                 self.configs(method),
@@ -743,16 +748,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if todo and args.report_only:
         _say(f"--report-only: the {len(todo)} runs not done yet are left out")
     elif todo:
-        needs_source = any(m == "transfer_student" for m, _, _ in todo) and args.source_student_ckpt is None
-        needs_teacher = any(m != "scratch" and m != "transfer_student" for m, _, _ in todo)
+        needs_source = any(m in FROM_SOURCE for m, _, _ in todo) and args.source_student_ckpt is None
+        needs_teacher = any(m not in WITHOUT_TEACHER for m, _, _ in todo)
         exp.make_data(teacher_site=(needs_teacher and args.teacher_ckpt is None) or needs_source)
         teacher_ok = exp.teacher() if needs_teacher else True
         source_ok = exp.source_student() if needs_source else True
         runnable = []
         for method, size, seed in todo:
-            if (method not in ("scratch", "transfer_student") and not teacher_ok) or (
-                method == "transfer_student" and not source_ok
-            ):
+            if (method not in WITHOUT_TEACHER and not teacher_ok) or (method in FROM_SOURCE and not source_ok):
                 exp.failures.append(f"{method} n{size}_seed{seed}: skipped, its teacher/source student failed")
             else:
                 runnable.append((method, size, seed))

@@ -47,7 +47,7 @@ def assert_same(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
 
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_baseline_parses(baseline, tmp_path, data, teacher_ckpt, student_ckpt):
-    init = {"init_ckpt": str(student_ckpt)} if baseline == "transfer_student" else {}
+    init = {"init_ckpt": str(student_ckpt)} if baseline in ("transfer_student", "medtex_from_source") else {}
     configs = ["train.yaml", f"baselines/{baseline}.yaml"]
     train = workflow(configs, tmp_path, data, teacher_ckpt=str(teacher_ckpt), **init)
     train.initialize()
@@ -69,7 +69,7 @@ def test_unlabeled_images_per_method(tmp_path, data, teacher_ckpt):
     for name, configs in {"medtex": [], **{b: [f"baselines/{b}.yaml"] for b in BASELINES}}.items():
         wf = workflow(["train.yaml", *configs], tmp_path, data, teacher_ckpt=str(teacher_ckpt))
         used[name] = len(wf.parser.get_parsed_content("train#dataset")) > 8
-    assert used["medtex"] and not used["medtex_labeled_only"]
+    assert used["medtex"] and used["medtex_from_source"] and not used["medtex_labeled_only"]
     assert not any(used[b] for b in ("scratch", "transfer_student", "transfer_teacher"))
 
 
@@ -114,6 +114,16 @@ def test_transfer_student_starts_from_the_source_student(tmp_path, data, student
     assert isinstance(network, MedTex) and network.explainer is None
     assert_same(network.state_dict(), weights(student_ckpt))
     assert wf.parser.get_parsed_content("train#trainer").network is network
+
+
+def test_medtex_from_source_distils_into_the_source_student(tmp_path, data, teacher_ckpt, student_ckpt):
+    configs = ["train.yaml", "baselines/medtex_from_source.yaml"]
+    wf = workflow(configs, tmp_path, data, teacher_ckpt=str(teacher_ckpt), init_ckpt=str(student_ckpt))
+    wf.initialize()
+    network = wf.parser.get_parsed_content("network")
+    assert isinstance(network, MedTex) and network.explainer is not None  # MED-TEX as is: explainer, KD, VID
+    assert_same(network.student.state_dict(), {k[len("student.") :]: v for k, v in weights(student_ckpt).items()})
+    assert wf.parser.get_parsed_content("train#trainer").teacher is not None
 
 
 @pytest.mark.parametrize("bare", [False, True])
