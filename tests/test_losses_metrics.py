@@ -1,4 +1,4 @@
-"""Supervised loss and ROC AUC, checked against values computed by hand."""
+"""Supervised loss, ROC AUC and the operating-point metrics, checked against values computed by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.engines.metrics import ROCAUCKnownLabelsMetric
+from bundle.engines.metrics import AccuracyMetric, OperatingPoint, OperatingPointMetric, ROCAUCKnownLabelsMetric
 from bundle.losses import ClassificationLoss
 
 
@@ -59,3 +59,49 @@ def test_macro_auc_skips_classes_absent_from_the_set():
     per_class = auc(pred, y, average="none")
     assert per_class[0] == pytest.approx(1.0) and per_class[1] == pytest.approx(1.0) and math.isnan(per_class[2])
     assert auc(pred, y) == pytest.approx(1.0)
+
+
+def at_operating_point(measure, pred, y, **kwargs):
+    metric = OperatingPointMetric(measure, **kwargs)
+    metric(torch.tensor(pred, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
+    return metric.aggregate()
+
+
+def test_sensitivity_and_specificity_of_the_most_probable_class():
+    # predicted classes 0, 1, 1, 2, 0 for true classes 0, 0, 1, 2, 2 (one-hot)
+    pred = [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.1, 0.4]]
+    y = [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]]
+    # class 0: 1 of its 2 found; of the 3 others, one (the last) called class 0 -> specificity 2/3
+    # class 1: its 1 found; of 4 others, one (the second) called class 1 -> 3/4
+    # class 2: 1 of 2 found; no other called class 2 -> 3/3
+    np.testing.assert_allclose(at_operating_point("sensitivity", pred, y), [1 / 2, 1, 1 / 2])
+    np.testing.assert_allclose(at_operating_point("specificity", pred, y), [2 / 3, 3 / 4, 1])
+
+
+def test_multilabel_operating_point_uses_the_threshold_and_leaves_unknowns_out():
+    pred = [[0.9, 0.4], [0.3, 0.6], [0.7, 0.2], [0.2, 0.9]]
+    y = [[1, 1], [1, -1], [0, 0], [0, 1]]  # row 1's second finding unknown: its 0.6 must not count
+    # finding 0: positives rows 0, 1 (0.9 found, 0.3 missed); negatives rows 2, 3 (0.7 false alarm, 0.2 right)
+    # finding 1: positives rows 0, 3 (0.4 missed, 0.9 found); negative row 2 (0.2 right)
+    np.testing.assert_allclose(at_operating_point("sensitivity", pred, y, multilabel=True), [1 / 2, 1 / 2])
+    np.testing.assert_allclose(at_operating_point("specificity", pred, y, multilabel=True), [1 / 2, 1])
+    # at threshold 0.35 finding 1's 0.4 counts as found, finding 0's 0.3 is still missed
+    np.testing.assert_allclose(at_operating_point("sensitivity", pred, y, multilabel=True, threshold=0.35), [0.5, 1])
+    accuracy = AccuracyMetric(multilabel=True, threshold=0.35)
+    accuracy(torch.tensor(pred), torch.tensor(y, dtype=torch.float32))
+    assert accuracy.aggregate() == pytest.approx(5 / 7)  # 7 known labels, wrong: row 1 f0, row 2 f0
+
+
+def test_operating_point_handler_writes_macro_and_per_class_values():
+    class Engine:
+        class state:
+            metrics: dict = {}
+
+    handler = OperatingPoint(["no finding", "effusion"], measure="sensitivity", multilabel=True)
+    handler.metric_fn(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    handler.completed(Engine, "sensitivity")
+    # effusion has no positive case: NaN, left out of the macro mean
+    assert Engine.state.metrics["sensitivity"] == 1.0 and Engine.state.metrics["sensitivity_no_finding"] == 1.0
+    assert math.isnan(Engine.state.metrics["sensitivity_effusion"])
+    with pytest.raises(ValueError, match="measure must be"):
+        OperatingPointMetric("precision")

@@ -146,7 +146,8 @@ def test_distributed_evaluation_gives_the_single_process_metrics(trained):
     single.initialize()
     single.run()
     multi, reference = read_metrics(multi_dir / "metrics.csv"), read_metrics(single_dir / "metrics.csv")
-    assert set(multi) == set(reference) and {"test_auc", "accuracy", "kappa", "pointing_game"} <= set(multi)
+    assert set(multi) == set(reference)
+    assert {"test_auc", "accuracy", "kappa", "sensitivity", "specificity", "pointing_game"} <= set(multi)
     for name, value in reference.items():
         assert multi[name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
     assert "test_auc" in rank_log(trained["work"] / "eval_logs", 0)

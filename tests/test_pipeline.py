@@ -103,6 +103,10 @@ def test_train_evaluate_infer(tmp_path, task, override, n_classes):
     assert 0.0 <= metrics["test_auc"] <= 1.0 and 0.0 <= metrics["accuracy"] <= 1.0
     assert ("kappa" in metrics) == (task == "fundus")
     assert sum(k.startswith("auc_") for k in metrics) == n_classes
+    for measure in ("sensitivity", "specificity"):  # at the operating point, macro and one row per class
+        per_class = [v for k, v in metrics.items() if k.startswith(f"{measure}_")]
+        assert len(per_class) == n_classes and 0.0 <= metrics[measure] <= 1.0
+        assert metrics[measure] == pytest.approx(np.nanmean(per_class))
     assert 0.0 <= metrics["pointing_game"] <= 1.0
 
     inputs = tmp_path / "inputs"

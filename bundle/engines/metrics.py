@@ -83,18 +83,18 @@ class _BufferedMetric(CumulativeIterationMetric):
 
 class AccuracyMetric(_BufferedMetric):
     """Multi-class: the most probable class is the label's (one-hot) class. Multi-label: each known finding's
-    0.5-thresholded probability equals its label (-1 labels left out)."""
+    prediction (probability >= ``threshold``) equals its label (-1 labels left out)."""
 
-    def __init__(self, multilabel: bool = False) -> None:
+    def __init__(self, multilabel: bool = False, threshold: float = 0.5) -> None:
         super().__init__()
-        self.multilabel = multilabel
+        self.multilabel, self.threshold = multilabel, threshold
 
     def aggregate(self) -> float:
         y_pred, y = self._stacked()
         if not self.multilabel:
             return float((y_pred.argmax(axis=1) == y.argmax(axis=1)).mean())
         known = y >= 0
-        return float(((y_pred >= 0.5) == (y == 1))[known].mean()) if known.any() else float("nan")
+        return float(((y_pred >= self.threshold) == (y == 1))[known].mean()) if known.any() else float("nan")
 
 
 class QuadraticKappaMetric(_BufferedMetric):
@@ -105,11 +105,69 @@ class QuadraticKappaMetric(_BufferedMetric):
         return float(cohen_kappa_score(y.argmax(axis=1), y_pred.argmax(axis=1), weights="quadratic"))
 
 
+class OperatingPointMetric(_BufferedMetric):
+    """Sensitivity (true-positive rate) or specificity (true-negative rate) of each class at the operating point the
+    bundle predicts with: the most probable class for multi-class tasks (each class one against the rest),
+    probability >= ``threshold`` for each finding of multi-label tasks (-1 labels left out). ``aggregate`` returns
+    the per-class values (NaN for a class without positives, resp. negatives, in the set)."""
+
+    def __init__(self, measure: str = "sensitivity", multilabel: bool = False, threshold: float = 0.5) -> None:
+        super().__init__()
+        if measure not in ("sensitivity", "specificity"):
+            raise ValueError(f"measure must be 'sensitivity' or 'specificity', not {measure!r}")
+        self.measure, self.multilabel, self.threshold = measure, multilabel, threshold
+
+    def aggregate(self) -> np.ndarray:
+        y_pred, y = self._stacked()
+        if self.multilabel:
+            predicted = y_pred >= self.threshold
+        else:
+            predicted = np.eye(y_pred.shape[1], dtype=bool)[y_pred.argmax(axis=1)]
+        known = y >= 0
+        wanted = (y == 1) if self.measure == "sensitivity" else (y == 0)  # the cases whose rate is measured
+        hits = (predicted == (y == 1)) & wanted & known
+        n = (wanted & known).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, hits.sum(axis=0) / np.maximum(n, 1), np.nan)
+
+
+class OperatingPoint(IgniteMetricHandler):
+    """Ignite handler for ``OperatingPointMetric``: the macro mean over the classes that have cases as ``<name>``,
+    and each class's value as ``<name>_<class>``, so that ``MetricsSaver`` writes one row each."""
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        measure: str = "sensitivity",
+        multilabel: bool = False,
+        threshold: float = 0.5,
+        output_transform: Callable = lambda x: x,
+    ) -> None:
+        super().__init__(
+            metric_fn=OperatingPointMetric(measure, multilabel, threshold),
+            output_transform=output_transform,
+            save_details=False,
+        )
+        self.class_names = [str(c) for c in class_names]
+
+    def completed(self, engine: Any, name: str) -> None:
+        values = np.asarray(self.metric_fn.aggregate(), dtype=np.float64)
+        if len(values) != len(self.class_names):
+            raise ValueError(f"{len(values)} per-class {name} values for {len(self.class_names)} class names")
+        engine.state.metrics[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        for class_name, value in zip(self.class_names, values):
+            engine.state.metrics[f"{name}_{class_name.replace(' ', '_')}"] = float(value)
+
+
 class Accuracy(IgniteMetricHandler):
     """Ignite handler for ``AccuracyMetric``."""
 
-    def __init__(self, multilabel: bool = False, output_transform: Callable = lambda x: x) -> None:
-        super().__init__(metric_fn=AccuracyMetric(multilabel), output_transform=output_transform, save_details=False)
+    def __init__(
+        self, multilabel: bool = False, threshold: float = 0.5, output_transform: Callable = lambda x: x
+    ) -> None:
+        super().__init__(
+            metric_fn=AccuracyMetric(multilabel, threshold), output_transform=output_transform, save_details=False
+        )
 
 
 class QuadraticKappa(IgniteMetricHandler):
