@@ -16,7 +16,9 @@ on the weights), the explainer + student (``network``), the loss, the training d
   same computation on the same pre-built batches (data loading excluded from both);
 - data loading: the cached training loader (the config's CacheDataset + DataLoader, augmentation included) against
   what one training iteration consumes, and decoding from PNG and DICOM, uncached and cached;
-- peak memory of training and inference (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS).
+- peak memory of training and inference (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS);
+- with ``--compile``: explainer + student inference under ``torch.compile`` (inductor) against eager, the time
+  compiling takes and after how many images it has paid for itself (configs/inference.yaml ``compile``).
 
 Every timing is the median of ``repeats`` runs after warm-up. ``--quick`` (under a minute on 2 CPU cores) uses a
 batch of 2, fewer repeats, fewer occlusion passes and SmoothGrad samples (so those two methods look faster than
@@ -105,6 +107,8 @@ class Settings:
     num_workers: int
     explainer_scale: int
     other_explainer_scale: int | None
+    compile: bool
+    compile_backend: str
     command: str
 
 
@@ -126,6 +130,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--other-explainer-scale", type=int, help="also time saliency and inference with this explainer scale"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time inference under torch.compile (adds minutes of compiling)"
+    )
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     args = parser.parse_args(argv)
     positive = ("threads", "image_size", "batch_size", "repeats", "smoothgrad_samples", "occlusion_mask_size")
     for name in (*positive, "explainer_scale", "other_explainer_scale"):
@@ -173,6 +181,8 @@ def make_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         num_workers=args.num_workers if args.num_workers is not None else int(defaults["num_workers"]),
         explainer_scale=args.explainer_scale or int(defaults.get_parsed_content("explainer_scale")),
         other_explainer_scale=args.other_explainer_scale,
+        compile=args.compile,
+        compile_backend=args.compile_backend,
         command=shlex.join(["python", "scripts/benchmark.py", *argv]),
     )
 
@@ -450,6 +460,43 @@ def bench_other_scale(
     }
     say(f"explainer scale {settings.other_explainer_scale}: {maps_per_second:.3g} maps/s, {1000 * latency:.1f} ms")
     return other
+
+
+def bench_compiled_inference(
+    settings: Settings, images: torch.Tensor, network: torch.nn.Module, eager: dict[str, Any]
+) -> dict[str, Any]:
+    """``torch.compile(network.explain)`` (``--compile-backend``, default inductor as configs/inference.yaml's):
+    the seconds its first calls take (compiling for batch 1 and for the batch size), then latency and throughput
+    against ``eager`` (the explainer + student measured earlier in this run), and the images after which compiling
+    has paid for itself at the batch size."""
+    device = images.device
+    batch = images[torch.arange(settings.batch_size) % images.shape[0]]
+    compiled = torch.compile(network.explain, backend=settings.compile_backend)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        compiled(batch[:1])
+        compiled(batch)
+        synchronize(device)
+        compile_seconds = time.perf_counter() - start
+        latency = median_seconds(lambda: compiled(batch[:1]), settings.repeats, settings.warmup, device)
+        seconds = median_seconds(lambda: compiled(batch), settings.repeats, settings.warmup, device)
+        difference = max(float((a - b).abs().max()) for a, b in zip(compiled(batch), network.explain(batch)))
+    saved_per_image = eager["seconds_per_batch"] / settings.batch_size - seconds / settings.batch_size
+    result = {
+        "backend": settings.compile_backend,
+        "compile_seconds": compile_seconds,
+        "latency_ms_batch1": 1000.0 * latency,
+        "throughput_images_per_second": settings.batch_size / seconds,
+        "latency_speedup": eager["latency_ms_batch1"] / (1000.0 * latency),
+        "throughput_speedup": eager["seconds_per_batch"] / seconds,
+        "break_even_images": compile_seconds / saved_per_image if saved_per_image > 0 else None,
+        "max_abs_difference": difference,
+    }
+    say(
+        f"compiled explain: {compile_seconds:.0f} s to compile, {1000 * latency:.1f} ms at batch 1, "
+        f"{settings.batch_size / seconds:.3g} images/s"
+    )
+    return result
 
 
 def bench_data_loading(settings: Settings, parser: ConfigParser, work: Path) -> dict[str, Any]:
@@ -863,6 +910,30 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             " images as above; what it costs in accuracy and localisation is in docs/RESULTS.md.",
             "",
         ]
+    compiled = results.get("compiled_inference")
+    if compiled:
+        lines += ["## Option: `torch.compile` for inference (`compile: true` in configs/inference.yaml)", ""]
+        lines += table(
+            ("explainer + student (`explain`)", "eager (above)", "compiled"),
+            [
+                ("latency, batch 1 (ms)", inf["medtex"]["latency_ms_batch1"], compiled["latency_ms_batch1"]),
+                (
+                    f"images/s, batch {inf['medtex']['batch_size']}",
+                    inf["medtex"]["throughput_images_per_second"],
+                    compiled["throughput_images_per_second"],
+                ),
+            ],
+        )
+        even = compiled["break_even_images"]
+        lines += [
+            f"Compiled ({compiled['backend']}): **{number(compiled['latency_speedup'])}x** latency,"
+            f" **{number(compiled['throughput_speedup'])}x** throughput; compiling for the two input shapes took"
+            f" {number(compiled['compile_seconds'])} s, so at this batch size it pays after"
+            f" {number(even) + ' images' if even else 'never (no faster)'}; every new input shape (a last, smaller"
+            " batch) compiles again. Outputs agree with eager to"
+            f" {compiled['max_abs_difference']:.1e}. Same run, machine and images as above.",
+            "",
+        ]
     lines += [
         "## Training: engine overhead",
         "",
@@ -992,6 +1063,10 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     saliency = bench_saliency(settings, images, network, teacher, parser.get_parsed_content("task"))
     say("inference")
     inference = bench_inference(settings, images, network, teacher)
+    compiled = None
+    if settings.compile:
+        say("inference under torch.compile")
+        compiled = bench_compiled_inference(settings, images, network, inference["medtex"])
     other_scale = None
     if settings.other_explainer_scale:
         say(f"explainer scale {settings.other_explainer_scale}")
@@ -1065,6 +1140,9 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     if other_scale is not None:
         other_scale.update(context)
         results["other_explainer_scale"] = other_scale
+    if compiled is not None:
+        compiled.update(context)
+        results["compiled_inference"] = compiled
     results["targets"] = check_targets(results)
     return results
 

@@ -30,6 +30,7 @@ SECTIONS = (
     "## Targets",
     "## Saliency maps per second",
     "## Inference latency and throughput",
+    "## Option: `torch.compile` for inference",
     "## Training: engine overhead",
     "### Precomputed teacher outputs",
     "## Data loading",
@@ -42,6 +43,7 @@ def report(tmp_path_factory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("benchmark")
     argv = ["--quick", "--image-size", "32", "--batch-size", "2", "--repeats", "2", "--num-workers", "0"]
     argv += ["--other-explainer-scale", "2"]
+    argv += ["--compile", "--compile-backend", "eager"]  # graph capture without minutes of inductor code generation
     argv += ["--json", str(out / "benchmark.json"), "--md", str(out / "PERFORMANCE.md")]
     assert benchmark.main(argv) == 0
     return json.loads((out / "benchmark.json").read_text()), (out / "PERFORMANCE.md").read_text()
@@ -78,6 +80,12 @@ def test_every_required_figure_is_a_finite_positive_number(report):
         assert positive(memory[key]), key
     assert memory["what"]
     assert results["student_params"] < results["teacher_params"]
+    compiled = results["compiled_inference"]
+    assert compiled["backend"] == "eager" and compiled["max_abs_difference"] < 1e-4
+    for key in ("compile_seconds", "latency_ms_batch1", "throughput_images_per_second", "latency_speedup"):
+        assert positive(compiled[key]), key
+    ratio = results["inference"]["medtex"]["latency_ms_batch1"] / compiled["latency_ms_batch1"]
+    assert compiled["latency_speedup"] == pytest.approx(ratio)
 
 
 def test_ratios_are_ratios_of_the_reported_measurements(report):

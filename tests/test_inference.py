@@ -24,6 +24,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCapture
 from bundle.data.inference import inference_items, list_input_files, resolve_class_names
 from bundle.data.readers import ImageReadError, MedicalImageReader
 from bundle.handlers.writers import SaliencyWriter
+from bundle.networks import Explainer, MedTex, Student
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["none", "mild", "moderate", "severe", "proliferative"]
@@ -133,9 +134,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"inputs": inputs, "out": out, "network": network, "parser": parser, "log": log}
 
 
-def run_inference(inputs: Path, out: Path, models: Path, datalist: Path, batch_size: int) -> str:
+def run_inference(inputs: Path, out: Path, models: Path, datalist: Path, batch_size: int, *extra: str) -> str:
     """configs/inference.yaml through the bundle CLI with the tiny networks of SMALL; its log."""
-    args = ["--input_dir", str(inputs), "--output_dir", str(out), "--ckpt_dir", str(models)]
+    args = ["--input_dir", str(inputs), "--output_dir", str(out), "--ckpt_dir", str(models), *extra]
     args += ["--datalist", str(datalist)]  # only for the class names: input_dir replaces its test list
     args += ["--batch_size", str(batch_size), "--num_workers", "0", "--device", "cpu", "--amp", "False"]
     for key, value in SMALL.items():
@@ -177,6 +178,35 @@ def test_predictions_one_row_per_readable_file_matching_the_network(run):
         expected, _ = reference(run, Path(row["file"]).relative_to(run["inputs"]).as_posix())
         np.testing.assert_allclose(p, expected.numpy(), atol=1e-4)
     assert "6 image(s) predicted, 3 error(s)" in run["log"]
+
+
+def test_compiled_explain_gives_the_same_predictions(run, tmp_path):
+    # torch.compile's graph capture (TorchDynamo) of explain on the loader's MetaTensor batches, with the "eager"
+    # backend: what the option wires up, without minutes of inductor code generation (its speed: the benchmark)
+    out = tmp_path / "out"
+    models, datalist = run["out"].parent / "models", run["out"].parent / "datalist.json"
+    extra = ["--compile", "True", "--evaluator#compile_kwargs", "{'backend':'eager'}"]
+    log = run_inference(run["inputs"], out, models, datalist, 4, *extra)
+    assert "Traceback" not in log
+    compiled = {r["file"]: r for r in read_csv(out / "predictions.csv")}
+    eager = {r["file"]: r for r in read_csv(run["out"] / "predictions.csv")}
+    assert compiled.keys() == eager.keys() and len(eager) == len(READABLE)
+    for name, row in eager.items():
+        assert [float(compiled[name][c]) for c in CLASSES] == pytest.approx([float(row[c]) for c in CLASSES], abs=1e-5)
+
+
+def test_explaining_evaluator_compiles_explain_only_when_asked():
+    from bundle.engines.evaluator import ExplainingEvaluator
+
+    network = MedTex(Student(3, 5, 8, 4, (1, 1, 1, 1)), Explainer(3, features=(4, 4, 4, 8, 8, 4))).eval()
+    plain = ExplainingEvaluator("cpu", [], network)
+    assert plain.forward == network.explain and not plain.compiled
+    compiled = ExplainingEvaluator("cpu", [], network, compile=True, compile_kwargs={"backend": "eager"})
+    assert compiled.compiled and compiled.forward != network.explain
+    image = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        for got, expected in zip(compiled.forward(image), network.explain(image)):
+            assert torch.allclose(got, expected, atol=1e-6)
 
 
 def test_errors_list_exactly_the_broken_files_with_reasons(run):

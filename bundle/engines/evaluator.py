@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
@@ -29,12 +30,28 @@ class ExplainingEvaluator(SupervisedEvaluator):
     ``(logits, mask)`` pair unchanged. Arguments are those of ``monai.engines.SupervisedEvaluator``. A network
     without ``explain`` (a teacher, any plain classifier) is evaluated as ``SupervisedEvaluator`` would, with no
     ``saliency`` in the output, so one evaluation config serves every model.
+
+    ``compile``: run ``torch.compile(network.explain, **compile_kwargs)`` (or of the network without ``explain``),
+    with MetaTensor inputs passed as plain tensors, as MONAI's own ``compile`` option does. Compiled here rather than
+    by ``SupervisedEvaluator``, which compiles only ``forward``, not the ``explain`` this evaluator calls. It pays
+    for long runs: compiling takes minutes, once per input shape (docs/PERFORMANCE.md).
     """
 
-    def __init__(self, device: str | torch.device, val_data_loader: Any, network: torch.nn.Module, **kwargs: Any):
-        if kwargs.get("compile"):
-            raise ValueError("compile=True is not supported by ExplainingEvaluator")
+    def __init__(
+        self,
+        device: str | torch.device,
+        val_data_loader: Any,
+        network: torch.nn.Module,
+        compile: bool = False,
+        compile_kwargs: dict | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, **kwargs)
+        explain = getattr(network, "explain", None)
+        self.forward = explain if callable(explain) else network
+        if compile:
+            self.forward = torch.compile(self.forward, **(compile_kwargs or {}))
+        self.compiled = bool(compile)
 
     def _iteration(self, engine: ExplainingEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
@@ -49,15 +66,16 @@ class ExplainingEvaluator(SupervisedEvaluator):
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         if isinstance(batchdata, dict) and LESION_MASK in batchdata:
             engine.state.output[LESION_MASK] = batchdata[LESION_MASK].to(engine.state.device)
-        explain = getattr(engine.network, "explain", None)
-        forward = explain if callable(explain) else engine.network
+        explain = callable(getattr(engine.network, "explain", None))
+        if engine.compiled and isinstance(inputs, MetaTensor):  # a tensor subclass would break the compiled graph
+            inputs = inputs.as_tensor()
         with engine.mode(engine.network):
             if engine.amp:
                 with torch.autocast("cuda", **engine.amp_kwargs):
-                    result = engine.inferer(inputs, forward, *args, **kwargs)
+                    result = engine.inferer(inputs, engine.forward, *args, **kwargs)
             else:
-                result = engine.inferer(inputs, forward, *args, **kwargs)
-        if not callable(explain):
+                result = engine.inferer(inputs, engine.forward, *args, **kwargs)
+        if not explain:
             engine.state.output[Keys.PRED] = result
         elif isinstance(result, (tuple, list)) and len(result) == 2:
             engine.state.output[Keys.PRED], engine.state.output[SALIENCY] = result
