@@ -16,7 +16,8 @@ every ``configs/baselines/<name>.yaml`` by its name, and ``teacher`` (the teache
 trained on no local labels: a reference line).
 
 Outputs in ``--out``: learning_curve_<task>.csv (one row per finished run), .png (mean +- 1 sd over seeds), .md
-(mean, sd and n per method and size), .json (settings and provenance) and report.html (all results in one page).
+(mean, sd and n per method and size; paired differences between methods on the same labelled sets and seeds),
+.json (settings and provenance) and report.html (all results in one page).
 Started again with the same ``--out``, finished runs are not redone and a run killed half-way resumes from its last
 epoch; more sizes (up to the pool), seeds or methods can be added later. ``--jobs N`` trains N runs side by side
 (for a GPU or many cores; on 2 CPU cores one at a time is fastest).
@@ -72,6 +73,16 @@ COLUMNS = [
     "finished",
 ]
 KEY = ("task", "method", "n_labeled", "seed", "teacher_domain", "student_domain")
+# (method, compared with): the questions the curves answer; a pair is reported where both were run on the same
+# labelled sets and seeds, so that the seed-to-seed spread of the data split cancels out
+PAIRS = (
+    ("medtex", "scratch"),
+    ("kd", "scratch"),
+    ("medtex", "kd"),
+    ("medtex", "transfer_student"),
+    ("medtex_from_source", "transfer_student"),
+    ("medtex_from_source", "medtex"),
+)
 METRICS = ("auc", "accuracy", "kappa")
 # settings that must not change between invocations on the same --out (they change what a finished run means)
 FIXED = (
@@ -598,6 +609,42 @@ def summarise(rows: list[dict[str, str]], metric: str) -> dict[str, dict[int, tu
     return out
 
 
+def paired_differences(rows: list[dict[str, str]], metric: str, first: str, second: str) -> dict[int, list[float]]:
+    """n_labeled -> ``metric`` of ``first`` minus that of ``second``, one value per seed both were run with."""
+    values = {(r["method"], int(r["n_labeled"]), r["seed"]): _float(r.get(metric, "")) for r in rows}
+    out: dict[int, list[float]] = {}
+    for (method, size, seed), value in sorted(values.items()):
+        other = values.get((second, size, seed))
+        if method == first and value is not None and other is not None:
+            out.setdefault(size, []).append(value - other)
+    return out
+
+
+def _paired_lines(rows: list[dict[str, str]], sizes: list[int]) -> list[str]:
+    lines = []
+    for first, second in PAIRS:
+        diffs = paired_differences(rows, "auc", first, second)
+        if not diffs:
+            continue
+        cells = []
+        for size in sizes:
+            values = diffs.get(size, [])
+            mean = sum(values) / len(values) if values else 0.0
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            wins = sum(v > 0 for v in values)
+            cells.append(f"{mean:+.3f} ± {sd:.3f} ({wins}/{len(values)})" if values else "")
+        lines.append(f"| {first} - {second} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    header = [
+        "## auc: paired differences (same labelled set and seed): mean ± sd (seeds where the first is higher / seeds)",
+        "",
+        "| methods | " + " | ".join(f"n = {s}" for s in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    return header + lines + [""]
+
+
 def method_order(rows: list[dict[str, str]], preferred: Sequence[str]) -> list[str]:
     present = list(dict.fromkeys(r["method"] for r in rows))
     return [m for m in preferred if m in present] + [m for m in present if m not in preferred]
@@ -622,6 +669,7 @@ def write_markdown(path: Path, rows: list[dict[str, str]], methods: list[str], c
             mean, _, _ = stats[TEACHER][0]
             lines += ["", f"Teacher (no local labels, trained on the teacher's data): {metric} {mean:.3f}."]
         lines.append("")
+    lines += _paired_lines(rows, sizes)
     path.write_text("\n".join(lines))
 
 

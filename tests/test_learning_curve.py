@@ -141,3 +141,23 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     # the same folder with other settings would mix incomparable runs: refused before any work
     with pytest.raises(SystemExit, match="other settings.*epochs: 1 -> 2"):
         learning_curve.main([*args, "--methods", *METHODS, "--epochs", "2"])
+
+
+def test_paired_differences_compare_the_same_labelled_sets_and_seeds(tmp_path):
+    def row(method, n, seed, auc):
+        return {"task": "fundus", "method": method, "n_labeled": str(n), "seed": str(seed), "auc": str(auc)}
+
+    rows = [
+        *(row("kd", 25, s, a) for s, a in ((0, 0.60), (1, 0.70), (2, 0.65))),
+        *(row("medtex", 25, s, a) for s, a in ((0, 0.64), (1, 0.69), (2, 0.71))),
+        row("medtex", 50, 0, 0.80),  # kd has no n = 50 run: no pair there
+        row("kd", 50, 1, 0.75),  # other seed: no pair either
+    ]
+    diffs = learning_curve.paired_differences(rows, "auc", "medtex", "kd")
+    assert diffs.keys() == {25} and diffs[25] == pytest.approx([0.04, -0.01, 0.06])
+    path = tmp_path / "lc.md"
+    learning_curve.write_markdown(path, rows, ["kd", "medtex"], "context")
+    md = path.read_text()
+    # mean +0.030, sample sd of (0.04, -0.01, 0.06) = 0.036, medtex higher on 2 of 3 seeds
+    assert "| medtex - kd | +0.030 ± 0.036 (2/3) |  |" in md
+    assert "medtex - scratch" not in md  # pairs without runs are left out
