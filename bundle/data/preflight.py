@@ -70,7 +70,6 @@ KIND_ORDER = (
 )
 PROGRESS_MIN_FILES = 200
 _NON_FINITE_REASON = "pixel values contain NaN or infinity"  # MedicalImageReader's message
-
 _MAX_LISTED = 5  # files named per split in one overlap message
 
 

@@ -64,10 +64,15 @@ class PerClassROCAUC(ROCAUCKnownLabels):
 
     def completed(self, engine: Any, name: str) -> None:
         values = np.atleast_1d(np.asarray(self.metric_fn.aggregate(), dtype=np.float64))  # compute() keeps only [0]
-        if len(values) != len(self.class_names):
-            raise ValueError(f"{len(values)} per-class AUC values for {len(self.class_names)} class names")
-        for class_name, value in zip(self.class_names, values):
-            engine.state.metrics[f"{name}_{class_name.replace(' ', '_')}"] = float(value)
+        store_per_class(engine, name, self.class_names, values)
+
+
+def store_per_class(engine: Any, name: str, class_names: Sequence[str], values: np.ndarray) -> None:
+    """Each class's value as ``<name>_<class>`` in ``engine.state.metrics``, one ``MetricsSaver`` row each."""
+    if len(values) != len(class_names):
+        raise ValueError(f"{len(values)} per-class {name} values for {len(class_names)} class names")
+    for class_name, value in zip(class_names, values):
+        engine.state.metrics[f"{name}_{class_name.replace(' ', '_')}"] = float(value)
 
 
 class _BufferedMetric(CumulativeIterationMetric):
@@ -152,11 +157,8 @@ class OperatingPoint(IgniteMetricHandler):
 
     def completed(self, engine: Any, name: str) -> None:
         values = np.asarray(self.metric_fn.aggregate(), dtype=np.float64)
-        if len(values) != len(self.class_names):
-            raise ValueError(f"{len(values)} per-class {name} values for {len(self.class_names)} class names")
+        store_per_class(engine, name, self.class_names, values)
         engine.state.metrics[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-        for class_name, value in zip(self.class_names, values):
-            engine.state.metrics[f"{name}_{class_name.replace(' ', '_')}"] = float(value)
 
 
 class Accuracy(IgniteMetricHandler):
