@@ -18,7 +18,8 @@ on the weights), the explainer + student (``network``), the loss, the training d
   what one training iteration consumes, and decoding from PNG and DICOM, uncached and cached;
 - peak memory of training and inference (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS);
 - with ``--compile``: explainer + student inference under ``torch.compile`` (inductor) against eager, the time
-  compiling takes and after how many images it has paid for itself (configs/inference.yaml ``compile``).
+  compiling takes and after how many images it has paid for itself (configs/inference.yaml ``compile``); and the
+  same for MED-TEX training iterations (configs/train.yaml ``compile``: student and teacher compiled).
 
 Every timing is the median of ``repeats`` runs after warm-up. ``--quick`` (under a minute on 2 CPU cores) uses a
 batch of 2, fewer repeats, fewer occlusion passes and SmoothGrad samples (so those two methods look faster than
@@ -63,6 +64,7 @@ from bundle.data.datalist import load_datalist, save_datalist  # noqa: E402
 from bundle.data.demo import generate_demo_data  # noqa: E402
 from bundle.data.transforms import LoadMedicalImage  # noqa: E402
 from bundle.engines.precompute import TEACHER_FEATURES, TEACHER_LOGITS  # noqa: E402
+from bundle.engines.trainer import loss_terms  # noqa: E402
 from bundle.explain import make_saliency  # noqa: E402
 from bundle.networks.features import FeatureRecorder  # noqa: E402
 from bundle.networks.teacher import FrozenTeacher, count_parameters, native_bf16  # noqa: E402
@@ -131,7 +133,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--other-explainer-scale", type=int, help="also time saliency and inference with this explainer scale"
     )
     parser.add_argument(
-        "--compile", action="store_true", help="also time inference under torch.compile (adds minutes of compiling)"
+        "--compile",
+        action="store_true",
+        help="also time inference and training under torch.compile (adds minutes of compiling)",
     )
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     args = parser.parse_args(argv)
@@ -495,6 +499,60 @@ def bench_compiled_inference(
     say(
         f"compiled explain: {compile_seconds:.0f} s to compile, {1000 * latency:.1f} ms at batch 1, "
         f"{settings.batch_size / seconds:.3g} images/s"
+    )
+    return result
+
+
+def bench_compiled_training(
+    settings: Settings, work: Path, teacher_ckpt: Path, batches: list[dict[str, torch.Tensor]]
+) -> dict[str, Any]:
+    """MED-TEX training iterations with configs/train.yaml's ``compile: true`` (``--compile-backend``) against
+    eager: two trainers built alike from the same seed, fed the same batches, their iterations interleaved (eager,
+    then compiled, on each batch) so that both see the same machine load. The compiled trainer's first iteration
+    (it compiles) is timed apart; the first iteration's losses of the two are compared. Iterations are the trainer's
+    own (``MedTexTrainer._iteration``), without the engine's events, as both would have the same."""
+    device = torch.device("cuda:0" if settings.device == "cuda" else "cpu")
+    trainers = {}
+    for kind in ("eager", "compiled"):
+        parser = load_config(settings, work, teacher_ckpt, f"training_{kind}")
+        parser["compile"] = kind == "compiled"
+        parser["compile_kwargs"] = {"backend": settings.compile_backend}
+        torch.manual_seed(0)  # the same initial weights in both
+        trainers[kind] = parser.get_parsed_content("train#trainer")
+
+    def iteration(kind: str, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+        trainer = trainers[kind]
+        synchronize(device)
+        start = time.perf_counter()
+        output = trainer._iteration(trainer, batch)
+        synchronize(device)
+        return time.perf_counter() - start, loss_terms(output)
+
+    _, eager_losses = iteration("eager", batches[0])
+    compile_seconds, compiled_losses = iteration("compiled", batches[0])
+    seconds: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for batch in batches[1:]:
+        for kind in seconds:
+            seconds[kind].append(iteration(kind, batch)[0])
+    eager, compiled = (statistics.median(seconds[k][settings.warmup :]) for k in ("eager", "compiled"))
+    saved = eager - compiled
+    result = {
+        "backend": settings.compile_backend,
+        "compiled_modules": "student, teacher",
+        "compile_seconds": compile_seconds,
+        "eager_seconds_per_iteration": eager,
+        "compiled_seconds_per_iteration": compiled,
+        "eager_seconds_all": seconds["eager"],
+        "compiled_seconds_all": seconds["compiled"],
+        "speedup": eager / compiled,
+        "break_even_iterations": compile_seconds / saved if saved > 0 else None,
+        "first_iteration_losses": {"eager": eager_losses, "compiled": compiled_losses},
+        "max_loss_difference": max(abs(eager_losses[k] - compiled_losses[k]) for k in eager_losses),
+        "batch_size": settings.batch_size,
+    }
+    say(
+        f"compiled training: {compile_seconds:.0f} s for the first iteration, then {compiled:.3g} s per iteration"
+        f" against {eager:.3g} s eager"
     )
     return result
 
@@ -986,6 +1044,30 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             " recipe: what it does to accuracy is not measured here.",
             "",
         ]
+    ctrain = results.get("compiled_training")
+    if ctrain:
+        lines += ["### Option: `torch.compile` for training (`compile: true` in configs/train.yaml)", ""]
+        lines += table(
+            ("s per MED-TEX iteration", "eager", "compiled", "speedup"),
+            [
+                (
+                    f"batch {ctrain['batch_size']}",
+                    ctrain["eager_seconds_per_iteration"],
+                    ctrain["compiled_seconds_per_iteration"],
+                    ctrain["speedup"],
+                )
+            ],
+        )
+        even = ctrain["break_even_iterations"]
+        lines += [
+            f"Compiled ({ctrain['backend']}): the {ctrain['compiled_modules']} (not the explainer: see"
+            " `bundle.engines.trainer.MedTexTrainer`). The first compiled iteration took"
+            f" {number(ctrain['compile_seconds'])} s, so compiling pays after"
+            f" {number(even) + ' iterations' if even else 'never (no faster)'}. The two trainers start from the same"
+            " weights and see the same batches, their iterations interleaved (medians after the warm-up); the first"
+            f" iteration's losses differ by at most {ctrain['max_loss_difference']:.1e}. Same run and machine.",
+            "",
+        ]
     lines += [
         "## Data loading",
         "",
@@ -1091,6 +1173,12 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     say("training with precomputed teacher outputs")
     precomputed = bench_precomputed_teacher(settings, parser, batches)
     precomputed_kd = bench_precomputed_teacher(settings, parser, batches, fidelity=False)
+    compiled_training = None
+    if settings.compile:
+        say("training under torch.compile")
+        del parser
+        gc.collect()
+        compiled_training = bench_compiled_training(settings, work, teacher_ckpt, batches)
 
     # what every figure was measured with (the machine is recorded once, in "machine")
     context = {"image_size": settings.image_size, "threads": torch.get_num_threads(), "device": str(device)}
@@ -1143,6 +1231,9 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     if compiled is not None:
         compiled.update(context)
         results["compiled_inference"] = compiled
+    if compiled_training is not None:
+        compiled_training.update(context)
+        results["compiled_training"] = compiled_training
     results["targets"] = check_targets(results)
     return results
 

@@ -33,6 +33,7 @@ SECTIONS = (
     "## Option: `torch.compile` for inference",
     "## Training: engine overhead",
     "### Precomputed teacher outputs",
+    "### Option: `torch.compile` for training",
     "## Data loading",
     "## Memory",
 )
@@ -86,6 +87,13 @@ def test_every_required_figure_is_a_finite_positive_number(report):
         assert positive(compiled[key]), key
     ratio = results["inference"]["medtex"]["latency_ms_batch1"] / compiled["latency_ms_batch1"]
     assert compiled["latency_speedup"] == pytest.approx(ratio)
+    training = results["compiled_training"]  # same weights and batch: the first iteration's losses agree
+    assert training["backend"] == "eager" and 0 <= training["max_loss_difference"] < 1e-4
+    losses = training["first_iteration_losses"]
+    assert losses["eager"].keys() == losses["compiled"].keys() and losses["eager"]["loss_kd"] > 0
+    eager, compiled_seconds = training["eager_seconds_per_iteration"], training["compiled_seconds_per_iteration"]
+    assert positive(training["compile_seconds"]) and positive(eager) and positive(compiled_seconds)
+    assert training["speedup"] == pytest.approx(eager / compiled_seconds) and len(training["eager_seconds_all"]) == 2
 
 
 def test_ratios_are_ratios_of_the_reported_measurements(report):

@@ -5,6 +5,7 @@ precomputed once per image that give the losses of the teacher's pass."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 from pathlib import Path
@@ -233,3 +234,25 @@ def test_training_iterations_read_no_tensor_values_between_logs(config, tmp_path
     # batch 4: MED-TEX trains on the 8 labelled and 4 unlabelled images, the teacher on the 8 labelled ones
     assert reads_per_iteration[1000] == [0] * (3 if config == "train.yaml" else 2)
     assert all(n > 0 for n in reads_per_iteration[1])  # the counter sees the progress bar and TensorBoard reading
+
+
+def test_compiled_training_compiles_student_and_teacher_and_saves_plain_weights(tmp_path, data, teacher_ckpt):
+    """``compile: true`` compiles the student and the teacher's network in place (not the explainer: see
+    MedTexTrainer), an epoch runs on the loader's batches, and the saved weights load into the deployed network."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    settings = {"teacher_ckpt": str(teacher_ckpt), "max_epochs": 1, "compile": True}
+    workflow = _tiny_workflow("train.yaml", tmp_path, data, compile_kwargs={"backend": "eager"}, **settings)
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    network = trainer.network
+    assert network.student._compiled_call_impl is not None and trainer.teacher.network._compiled_call_impl is not None
+    assert network.explainer._compiled_call_impl is None
+    workflow.run()
+    assert counters["stats"]["unique_graphs"] >= 2  # TorchDynamo captured the student's and the teacher's graphs
+    assert trainer.state.iteration == 3 and all(math.isfinite(v) for v in trainer.state.metrics.values())
+    saved = torch.load(tmp_path / "models" / workflow.parser["ckpt_name"], map_location="cpu", weights_only=True)
+    deployed = inference_network()
+    deployed.load_state_dict(saved.get("model", saved))  # no "_orig_mod." keys from compiling
+    assert saved.get("model", saved).keys() == deployed.state_dict().keys()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from ignite.metrics import Average, Metric
+from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.transforms import Decollated
@@ -82,10 +83,19 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
     Everything else (AMP, handlers, metrics, events) is MONAI's; only the iteration body is replaced, because
     ``SupervisedTrainer`` computes ``loss_function(pred, label)`` and the MED-TEX loss needs more than that.
 
+    ``compile``: ``torch.compile(**compile_kwargs)`` in place (``nn.Module.compile``: the modules, their forward
+    hooks and their state dicts stay the same) on the student, or on a plain classifier, and on the teacher's network,
+    whose pass on the masked image, with its backward, is the larger part of an iteration. Not on the explainer: MONAI's
+    BasicUNet pads every up-sampled map (by zero pixels when the sizes match), and PyTorch 2.13's inductor fails in
+    that padding's backward on channels_last maps (its generated code expects another memory layout than the kernel
+    returns). Not MONAI's own ``compile``, which compiles the whole network. Batches reach the compiled modules as
+    plain tensors (a MetaTensor would break their graphs, as MONAI's trainer also avoids).
+
     Args:
         teacher: the frozen teacher; ``None`` is allowed only when the loss does not need it (KD and VID off).
         student_feature_layers: student layers (names in ``network.student``) paired with the teacher's
             ``feature_layers`` for VID, in the same order.
+        compile, compile_kwargs: see above.
         other arguments: as ``monai.engines.SupervisedTrainer``.
     """
 
@@ -99,6 +109,8 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
         loss_function: MedTexLoss,
         teacher: FrozenTeacher | None = None,
         student_feature_layers: Sequence[str] = (),
+        compile: bool = False,
+        compile_kwargs: dict | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -128,12 +140,19 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
         )
         if use_vid and self.student_features is None:
             raise ValueError("vid_weight > 0 needs student_feature_layers")
+        self.compile = compile
+        if compile:
+            for module in (student, self.teacher.network if self.teacher is not None else None):
+                if module is not None:
+                    module.compile(**(compile_kwargs or {}))
 
     def _iteration(self, engine: MedTexTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[0], batch[1]
+        if engine.compile:
+            inputs, targets = (t.as_tensor() if isinstance(t, MetaTensor) else t for t in (inputs, targets))
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
 
         teacher_logits, teacher_features = None, []
