@@ -256,3 +256,20 @@ def test_compiled_training_compiles_student_and_teacher_and_saves_plain_weights(
     deployed = inference_network()
     deployed.load_state_dict(saved.get("model", saved))  # no "_orig_mod." keys from compiling
     assert saved.get("model", saved).keys() == deployed.state_dict().keys()
+
+
+def test_compiled_teacher_training_saves_plain_weights(tmp_path, data):
+    """train_teacher.yaml's ``compile: true`` is MONAI's option (the whole network compiled): the trainer runs a
+    compiled wrapper and the saved weights are the plain network's."""
+    from monai.networks.nets import DenseNet121
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    settings = {"max_epochs": 1, "compile": True, "compile_kwargs": {"backend": "eager"}}
+    workflow = _tiny_workflow("train_teacher.yaml", tmp_path, data, **settings)
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert isinstance(trainer.network, OptimizedModule)
+    workflow.run()
+    assert trainer.state.iteration == 2
+    saved = torch.load(tmp_path / "models" / "teacher.pt", map_location="cpu", weights_only=True)
+    DenseNet121(spatial_dims=2, in_channels=3, out_channels=5).load_state_dict(saved)  # no "_orig_mod." keys
