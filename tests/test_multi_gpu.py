@@ -1,6 +1,6 @@
 """configs/multi_gpu_train.yaml and multi_gpu_evaluate.yaml under torchrun with 2 CPU processes (gloo): both ranks
-train on their half of the data, only rank 0 writes, the weights load into network_def, and the distributed
-evaluation gives the single-process metrics."""
+train on their half of the data (with ``compile``), only rank 0 writes, the weights load into network_def, and the
+distributed evaluation gives the single-process metrics."""
 
 from __future__ import annotations
 
@@ -91,6 +91,9 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         max_epochs="1",
         teacher_ckpt=str(work / "t.pt"),
         output_dir=str(work / "run"),
+        # the student and teacher compiled inside the DDP wrapper (graph capture only: "eager" backend)
+        compile="True",
+        compile_kwargs="{'backend':'eager'}",
     )
     return {"work": work, "data": data, "models": models, "run": work / "run", "logs": work / "train_logs"}
 
@@ -106,6 +109,7 @@ def test_both_ranks_train_on_half_of_the_data_and_only_rank_0_writes(trained):
         log = rank_log(trained["logs"], rank)
         assert "MedTexTrainer - INFO - Epoch[1] Complete" in log, rank
         assert "SupervisedEvaluator - INFO - Epoch[1] Complete" in log, rank
+        assert "torch.compile({'backend': 'eager'}) of the student and the teacher, the explainer eagerly" in log
     rank0, rank1 = rank_log(trained["logs"], 0), rank_log(trained["logs"], 1)
     assert "Epoch[1] Metrics -- epoch_loss" in rank0 and "Iteration: [3/3]" in rank0  # statistics, progress bar
     assert "Metrics --" not in rank1 and "Iteration:" not in rank1

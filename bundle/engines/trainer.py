@@ -142,9 +142,13 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
             raise ValueError("vid_weight > 0 needs student_feature_layers")
         self.compile = compile
         if compile:
-            for module in (student, self.teacher.network if self.teacher is not None else None):
-                if module is not None:
-                    module.compile(**(compile_kwargs or {}))
+            to_compile = {"student": student}
+            if self.teacher is not None:
+                to_compile["teacher"] = self.teacher.network
+            for module in to_compile.values():
+                module.compile(**(compile_kwargs or {}))
+            eager = ", the explainer eagerly" if getattr(model, "explainer", None) is not None else ""
+            self.logger.info(f"torch.compile({compile_kwargs or ''}) of the {' and the '.join(to_compile)}{eager}")
 
     def _iteration(self, engine: MedTexTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
