@@ -8,7 +8,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from ignite.metrics import Average, Metric
-from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.transforms import Decollated
@@ -88,8 +87,9 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
     whose pass on the masked image, with its backward, is the larger part of an iteration. Not on the explainer: MONAI's
     BasicUNet pads every up-sampled map (by zero pixels when the sizes match), and PyTorch 2.13's inductor fails in
     that padding's backward on channels_last maps (its generated code expects another memory layout than the kernel
-    returns). Not MONAI's own ``compile``, which compiles the whole network. Batches reach the compiled modules as
-    plain tensors (a MetaTensor would break their graphs, as MONAI's trainer also avoids).
+    returns). Not MONAI's own ``compile``, which compiles the whole network. The compiled modules need plain tensors
+    (a MetaTensor would break their graphs): configs/train.yaml's training batches are (``plain_tensors``), and its
+    validation, which runs the same student, gets them from ``bundle.data.loading.plain_tensor_batch``.
 
     Args:
         teacher: the frozen teacher; ``None`` is allowed only when the loss does not need it (KD and VID off).
@@ -155,8 +155,6 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[0], batch[1]
-        if engine.compile:
-            inputs, targets = (t.as_tensor() if isinstance(t, MetaTensor) else t for t in (inputs, targets))
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
 
         teacher_logits, teacher_features = None, []
