@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import monai
 import numpy as np
@@ -1247,9 +1248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = make_settings(args, argv)
     device = torch.device("cuda:0" if settings.device == "cuda" else "cpu")
     with tempfile.TemporaryDirectory(prefix="medtex-benchmark-") as tmp:
-        # an empty inductor cache: compile times are those of a first run, not of kernels cached by earlier ones
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor_cache")
-        results = run(settings, Path(tmp))
+        # an empty inductor cache: compile times are those of a first run, not of kernels cached by earlier ones;
+        # the caller's setting comes back afterwards (tests call main in a process that goes on)
+        with mock.patch.dict(os.environ, {"TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "inductor_cache")}):
+            results = run(settings, Path(tmp))
     results["machine"] = machine_info(device)
     results["settings"] = asdict(settings)
     results["created"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
