@@ -263,7 +263,7 @@ def test_checkpoint_with_pickled_objects_is_refused_without_running_them(tmp_pat
 
 def test_explainer_scale_pools_the_input_and_is_checked_when_weights_load():
     torch.manual_seed(0)
-    full, pooled = Explainer(scale=1).eval(), Explainer(scale=2).eval()
+    full, pooled = Explainer(scale=1).eval(), Explainer(scale=2, scale_mode="pool").eval()
     pooled.body.load_state_dict(full.body.state_dict())  # same U-Net weights, different input resolution
     image = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -284,3 +284,40 @@ def test_explainer_scale_pools_the_input_and_is_checked_when_weights_load():
         MedTex(Student(), Explainer(scale=3)).load_state_dict(before_the_option)
     scripted = torch.jit.script(MedTex(Student(), Explainer(scale=2)).eval())
     assert scripted.explain(image)[1].shape == (2, 1, 64, 64)
+
+
+def test_unshuffled_explainer_sees_every_pixel_and_draws_one_logit_per_pixel():
+    torch.manual_seed(0)
+    explainer = Explainer(scale=2).eval()  # the default mode: unshuffle
+    assert explainer.body.conv_0.conv_0.conv.in_channels == 12 and explainer.body.final_conv.out_channels == 4
+    image = torch.rand(1, 3, 64, 64, requires_grad=True)
+    mask = explainer(image)
+    assert mask.shape == (1, 1, 64, 64)
+    # the four pixels of one 2 x 2 cell get different mask values and each moves the mask differently: nothing is
+    # averaged away, unlike pooling (where the cell's pixels share one input value and the mask is interpolated)
+    cell = mask[0, 0, 30:32, 30:32].flatten()
+    assert cell.unique().numel() == 4
+    grad = torch.autograd.grad(mask[0, 0, 30, 30], image)[0][0].abs().sum(0)[30:32, 30:32].flatten()
+    assert (grad > 0).all() and grad.unique().numel() == 4
+    pooled_image = torch.rand(1, 3, 64, 64, requires_grad=True)
+    pooled = Explainer(scale=2, scale_mode="pool").eval()
+    grad = torch.autograd.grad(pooled(pooled_image)[0, 0, 30, 30], pooled_image)[0][0].abs().sum(0)[30:32, 30:32]
+    assert torch.allclose(grad, grad[0, 0].expand(2, 2))  # a pooled cell's pixels count the same
+    with torch.no_grad():
+        odd = explainer(torch.rand(2, 3, 65, 67))  # padded to whole cells, cropped back
+    assert odd.shape == (2, 1, 65, 67) and ((odd > 0) & (odd < 1)).all()
+    with pytest.raises(ValueError, match=r"scale 2 \(unshuffle\) needs images of at least 64 px .* got 48 x 64"):
+        explainer(torch.rand(1, 3, 48, 64))
+    state = MedTex(Student(), Explainer(scale=2)).state_dict()
+    assert int(state["explainer.input_unshuffle"]) == 1
+    with pytest.raises(ValueError, match="trained with scale 2 \\(unshuffle\\) .* explainer_scale_mode: unshuffle"):
+        MedTex(Student(), Explainer(scale=2, scale_mode="pool")).load_state_dict(state)
+    pooled_state = MedTex(Student(), Explainer(scale=2, scale_mode="pool")).state_dict()
+    with pytest.raises(ValueError, match="trained with scale 2 but .* explainer_scale_mode: pool"):
+        MedTex(Student(), Explainer(scale=2)).load_state_dict(pooled_state)
+    # at scale 1 both modes are the same network, and weights saved before the modes existed load into either
+    assert Explainer(scale=1, scale_mode="pool").state_dict().keys() == Explainer(scale=1).state_dict().keys()
+    before = {k: v for k, v in MedTex(Student(), Explainer()).state_dict().items() if "input_" not in k}
+    MedTex(Student(), Explainer(scale=1, scale_mode="pool")).load_state_dict(before)
+    with pytest.raises(ValueError, match="unshuffle"):
+        Explainer(scale_mode="bilinear")

@@ -25,11 +25,15 @@ class Explainer(nn.Module):
             ``"pixelshuffle"``.
         init_bias: initial bias of the mask's 1x1 convolution; 0 starts every pixel at 0.5, positive values start
             with the whole image visible so that the student first learns from full images.
-        scale: the U-Net runs on the image average-pooled by this factor (at most the factor that leaves 32 px),
-            and its mask logits are interpolated (bilinear) back to the input's size; 1: full resolution. The
-            U-Net's full-resolution levels move more memory than they compute (0.48 GFLOP but 21-30 ms at 224 px
-            on 2 CPU cores); at scale 3 it costs about a tenth, its mask as fine as its features at a third of the
-            resolution. Saved with the weights and checked on loading.
+        scale: the U-Net runs at this factor below the input's resolution; 1: full resolution. The U-Net's
+            full-resolution levels move more memory than they compute (0.48 GFLOP but 21-35 ms at 224 px on
+            2 CPU cores), so a factor k costs about 1/k^2 of that. Saved with the weights and checked on loading.
+        scale_mode: how the U-Net gets below full resolution. ``"pool"``: the image average-pooled by ``scale``
+            (at most the factor that leaves 32 px), the mask logits interpolated (bilinear) back; the weights fit
+            any scale, but details smaller than a cell are lost. ``"unshuffle"``: each ``scale`` x ``scale`` cell
+            becomes ``scale**2`` channels (``pixel_unshuffle``) and the U-Net returns one logit per pixel of the
+            cell (``pixel_shuffle``), so nothing is averaged away; the first and last layers' shapes depend on the
+            scale. On the demo at 128 px the masks localised lesions far better this way (docs/RESULTS.md).
     """
 
     def __init__(
@@ -39,36 +43,61 @@ class Explainer(nn.Module):
         upsample: str = "nontrainable",
         init_bias: float = 2.0,
         scale: int = 1,
+        scale_mode: str = "unshuffle",
     ) -> None:
         super().__init__()
         if len(features) != 6:
             raise ValueError(f"explainer features must be six numbers (BasicUNet), got {list(features)}")
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"explainer scale must be a positive integer, got {scale!r}")
+        if scale_mode not in ("pool", "unshuffle"):
+            raise ValueError(f"explainer scale_mode must be 'pool' or 'unshuffle', got {scale_mode!r}")
         self.scale = scale
+        self.unshuffle = scale_mode == "unshuffle" and scale > 1
+        factor = scale * scale if self.unshuffle else 1
         # saved with the weights: a model trained at one scale and deployed at another would load without error
         # and draw different masks, so loading compares them (``_load_from_state_dict``)
         self.register_buffer("input_scale", torch.tensor(scale, dtype=torch.int64))
+        self.register_buffer("input_unshuffle", torch.tensor(int(self.unshuffle), dtype=torch.int64))
         self.body = BasicUNet(
-            spatial_dims=2, in_channels=in_channels, out_channels=1, features=tuple(features), upsample=upsample
+            spatial_dims=2,
+            in_channels=in_channels * factor,
+            out_channels=factor,
+            features=tuple(features),
+            upsample=upsample,
         )
         # the default (small random) 1x1 weights keep gradients flowing; the bias sets the starting mask
         nn.init.constant_(self.body.final_conv.bias, init_bias)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
-        key = prefix + "input_scale"
-        saved = int(state_dict[key]) if key in state_dict else 1  # weights saved before the option: full scale
-        if saved != self.scale:
+        # weights saved before these options have neither buffer: full scale, pooling
+        saved_scale = int(state_dict.get(prefix + "input_scale", 1))
+        saved_unshuffle = int(state_dict.get(prefix + "input_unshuffle", 0))
+        if (saved_scale, saved_unshuffle) != (self.scale, int(self.unshuffle)):
             raise ValueError(
-                f"these explainer weights were trained with scale {saved} but the network is built with scale "
-                f"{self.scale}: set explainer_scale: {saved} in the config"
+                f"these explainer weights were trained with {_scale_name(saved_scale, saved_unshuffle)} but the"
+                f" network is built with {_scale_name(self.scale, self.unshuffle)}: set explainer_scale: {saved_scale}"
+                f" and explainer_scale_mode: {'unshuffle' if saved_unshuffle else 'pool'} in the config"
             )
-        state_dict[key] = torch.tensor(saved, dtype=torch.int64)
+        state_dict[prefix + "input_scale"] = torch.tensor(saved_scale, dtype=torch.int64)
+        state_dict[prefix + "input_unshuffle"] = torch.tensor(saved_unshuffle, dtype=torch.int64)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Return the mask ``(B, 1, H, W)`` in [0, 1]."""
         height, width = int(image.shape[-2]), int(image.shape[-1])
+        if self.unshuffle:
+            # every pixel reaches the U-Net (as k*k channels per cell) and every output pixel has its own logit;
+            # the weights fix the factor, so images too small for it are refused rather than pooled less
+            if min(height, width) < 32 * self.scale:
+                raise ValueError(
+                    f"explainer scale {self.scale} (unshuffle) needs images of at least {32 * self.scale} px (the U-Net"
+                    f" halves its input four times), got {height} x {width}: lower explainer_scale"
+                )
+            pad_h, pad_w = -height % self.scale, -width % self.scale
+            padded = F.pad(image, [0, pad_w, 0, pad_h], mode="replicate") if pad_h or pad_w else image
+            logits = F.pixel_shuffle(self.body(F.pixel_unshuffle(padded, self.scale)), self.scale)
+            return torch.sigmoid(logits[..., :height, :width])
         # at most the factor that leaves 32 px: the U-Net halves its input four times, and normalising a 1 x 1
         # map fails in training
         scale = min(self.scale, max(1, min(height, width) // 32))
@@ -77,3 +106,7 @@ class Explainer(nn.Module):
         small = F.avg_pool2d(image, scale, ceil_mode=True)  # ceil: edge pixels of any size count too
         logits = self.body(small)
         return torch.sigmoid(F.interpolate(logits, size=[height, width], mode="bilinear", align_corners=False))
+
+
+def _scale_name(scale: int, unshuffle: int | bool) -> str:
+    return f"scale {scale}" + (" (unshuffle)" if unshuffle else "")
