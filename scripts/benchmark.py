@@ -109,6 +109,7 @@ class Settings:
     loader_images: int
     num_workers: int
     explainer_scale: int
+    explainer_scale_mode: str
     other_explainer_scale: int | None
     compile: bool
     compile_backend: str
@@ -129,7 +130,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoothgrad-samples", type=int, help="noisy copies per SmoothGrad map (25; quick 5)")
     parser.add_argument("--occlusion-mask-size", type=int, help="occluded patch side (size // 8; quick size // 4)")
     parser.add_argument("--occlusion-overlap", type=float, help="overlap of occluded patches (0.5; quick 0)")
-    parser.add_argument("--explainer-scale", type=int, help="the explainer's input pooling (default: the config's)")
+    parser.add_argument("--explainer-scale", type=int, help="the explainer's scale (default: the config's)")
+    parser.add_argument(
+        "--explainer-scale-mode", choices=("pool", "unshuffle"), help="for both scales (default: the config's)"
+    )
     parser.add_argument(
         "--other-explainer-scale", type=int, help="also time saliency and inference with this explainer scale"
     )
@@ -185,6 +189,7 @@ def make_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         loader_images=max(64 if args.quick else 256, 2 * batch_size),
         num_workers=args.num_workers if args.num_workers is not None else int(defaults["num_workers"]),
         explainer_scale=args.explainer_scale or int(defaults.get_parsed_content("explainer_scale")),
+        explainer_scale_mode=args.explainer_scale_mode or str(defaults["explainer_scale_mode"]),
         other_explainer_scale=args.other_explainer_scale,
         compile=args.compile,
         compile_backend=args.compile_backend,
@@ -321,6 +326,7 @@ def load_config(settings: Settings, work: Path, teacher_ckpt: Path, name: str) -
         "ckpt_dir": str(work / name / "models"),
         "val_interval": 10**6,  # no validation at the end of the timed epoch: it is not part of an iteration
         "explainer_scale": settings.explainer_scale,
+        "explainer_scale_mode": settings.explainer_scale_mode,
     }
     if "preflight" in parser.get(""):  # the datalist check: the benchmark's demo splits lack classes by design
         overrides["preflight"] = False
@@ -454,6 +460,7 @@ def bench_other_scale(
     saliency, inference = results["saliency"], results["inference"]
     other = {
         "explainer_scale": settings.other_explainer_scale,
+        "explainer_scale_mode": settings.explainer_scale_mode,
         "explainer_maps_per_second": maps_per_second,
         **{f"saliency_speedup_vs_{name}": maps_per_second / saliency[name] for name in POSTHOC},
         "explainer_latency_ms_batch1": 1000.0 * explainer,
@@ -872,7 +879,8 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         f"Settings: {s['image_size']} px images, batch {s['batch_size']} (training, throughput), saliency on"
         f" {s['saliency_batch']} image(s) ({s['per_image_images']} for SmoothGrad and occlusion), {s['repeats']}"
         f" repeats ({s['per_image_repeats']} for SmoothGrad and occlusion) after {s['warmup']} warm-up,"
-        f" {s['num_workers']} loader worker(s), explainer scale {s['explainer_scale']}.",
+        f" {s['num_workers']} loader worker(s), explainer scale {s['explainer_scale']}"
+        f" ({s['explainer_scale_mode']}).",
         "",
         "## Targets",
         "",
@@ -881,6 +889,12 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         ("measure", "value", "target", "met"),
         [(f"`{k}`", t["value"], t["target"], yes_no(t["met"], "**no**")) for k, t in results["targets"].items()],
     )
+    lines += [
+        "`student_speedup_vs_teacher` compares latency at batch 1; in images per second at batch"
+        f" {inf['medtex']['batch_size']} the explainer + student is"
+        f" {number(results['student_throughput_speedup_vs_teacher'])}x the teacher (inference section below).",
+        "",
+    ]
     lines += ["## Saliency maps per second", ""]
     rows = []
     for name, r in sal.items():
@@ -898,7 +912,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     lines += [
         "explainer: the saliency mask alone (`network.mask`, the explainer's forward; the targets use this rate);"
         " medtex: one `explain` call, the mask and the student's prediction on the masked image (no teacher)."
-        f" Explainer scale {s['explainer_scale']} (the U-Net runs on the image pooled by this factor)."
+        f" Explainer scale {s['explainer_scale']} (the U-Net runs this factor below the image's resolution)."
         " Others: `bundle.explain.make_saliency` on the teacher, whose map also comes with the teacher's prediction."
         f" SmoothGrad: {s['smoothgrad_samples']} samples; occlusion: {s['occlusion_mask_size']} px patches,"
         f" overlap {s['occlusion_overlap']:g}"
@@ -930,7 +944,8 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     other = results.get("other_explainer_scale")
     if other:
         scale = other["explainer_scale"]
-        lines += [f"## Option: explainer scale {scale}", ""]
+        mode = other["explainer_scale_mode"]
+        lines += [f"## Explainer scale {scale} ({mode}) instead of {s['explainer_scale']}", ""]
         lines += table(
             ("measure", f"scale {s['explainer_scale']} (above)", f"scale {scale}"),
             [
@@ -964,9 +979,11 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             ],
         )
         lines += [
-            f"`explainer_scale: {scale}` runs the explainer's U-Net on the image average-pooled by {scale} and"
-            " interpolates its mask back (same weights' shapes; the scale is saved with them). Same run, machine and"
-            " images as above; what it costs in accuracy and localisation is in docs/RESULTS.md.",
+            "`explainer_scale: k` runs the explainer's U-Net k times below the image's resolution (1: full"
+            " resolution), on k x k cells turned into k^2 channels (`explainer_scale_mode: unshuffle`, one logit per"
+            " pixel back) or on the image average-pooled by k (`pool`, the logits interpolated back); the scale and"
+            " mode are saved with the weights. Same run, machine and images as above; what the scale costs in"
+            " accuracy and localisation is in docs/RESULTS.md.",
             "",
         ]
     compiled = results.get("compiled_inference")
@@ -1061,7 +1078,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         )
         even = ctrain["break_even_iterations"]
         lines += [
-            f"Compiled ({ctrain['backend']}): the {ctrain['compiled_modules']} (not the explainer: see"
+            f"Compiled ({ctrain['backend']}): {ctrain['compiled_modules']} (not the explainer: see"
             " `bundle.engines.trainer.MedTexTrainer`). The first compiled iteration (inductor's cache empty) took"
             f" {number(ctrain['compile_seconds'])} s, so compiling pays after"
             f" {number(even) + ' iterations' if even else 'never (no faster)'}. The two trainers start from the same"

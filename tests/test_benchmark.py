@@ -44,7 +44,7 @@ SECTIONS = (
 def report(tmp_path_factory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("benchmark")
     argv = ["--quick", "--image-size", "32", "--batch-size", "2", "--repeats", "2", "--num-workers", "0"]
-    argv += ["--other-explainer-scale", "2"]
+    argv += ["--other-explainer-scale", "2", "--explainer-scale-mode", "pool"]  # unshuffle by 2 needs 64 px
     argv += ["--compile", "--compile-backend", "eager"]  # graph capture without minutes of inductor code generation
     argv += ["--json", str(out / "benchmark.json"), "--md", str(out / "PERFORMANCE.md")]
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -135,7 +135,7 @@ def test_machine_settings_and_targets_are_recorded(report):
     settings = results["settings"]
     assert settings["quick"] is True and settings["image_size"] == 32 and settings["batch_size"] == 2
     assert settings["repeats"] == 2 and "--quick" in settings["command"]
-    assert settings["explainer_scale"] == 1  # the config's at 32 px
+    assert settings["explainer_scale"] == 1 and settings["explainer_scale_mode"] == "pool"  # the config's scale
     targets = results["targets"]
     assert set(targets) == {
         "saliency_speedup_vs_gradcam",
@@ -158,7 +158,9 @@ def test_markdown_has_every_section_with_machine_and_command(report):
     assert results["machine"]["cpu"] in markdown
     for method in METHODS:
         assert f"| {method} |" in markdown
-    assert "## Option: explainer scale 2" in markdown
+    assert "## Explainer scale 2 (pool) instead of 1" in markdown
+    throughput = results["student_throughput_speedup_vs_teacher"]
+    assert f"the explainer + student is {benchmark.number(throughput)}x the teacher" in markdown
 
 
 def test_rejects_bad_arguments():
