@@ -321,3 +321,27 @@ def test_unshuffled_explainer_sees_every_pixel_and_draws_one_logit_per_pixel():
     MedTex(Student(), Explainer(scale=1, scale_mode="pool")).load_state_dict(before)
     with pytest.raises(ValueError, match="unshuffle"):
         Explainer(scale_mode="bilinear")
+
+
+def test_explainer_group_norms_compute_basicunets_instance_norms_from_the_same_weights():
+    """The explainer swaps BasicUNet's instance norms for one-channel-per-group norms (faster on channels_last):
+    weights saved from a plain BasicUNet load unchanged and give the same masks, in training and in eval mode."""
+    from monai.networks.nets import BasicUNet
+
+    torch.manual_seed(0)
+    explainer = Explainer(3)
+    assert not any(isinstance(m, nn.InstanceNorm2d) for m in explainer.modules())
+    assert sum(isinstance(m, nn.GroupNorm) for m in explainer.modules()) == 18
+    features = (8, 8, 16, 32, 64, 8)
+    reference = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=features, upsample="nontrainable")
+    with torch.no_grad():  # non-trivial affine weights, so that a lost weight or bias shows
+        for parameter in reference.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    explainer.body.load_state_dict(reference.state_dict())  # strict: the same keys
+    image = torch.randn(2, 3, 48, 64).contiguous(memory_format=torch.channels_last)
+    for train in (True, False):
+        explainer.train(train), reference.train(train)
+        with torch.no_grad():
+            expected = torch.sigmoid(reference(image))
+            assert torch.allclose(explainer(image), expected, atol=1e-5)
+            assert (expected - explainer(torch.roll(image, 1, 0))).abs().max() > 0.01  # per-sample statistics
