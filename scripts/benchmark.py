@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import dataclasses
 import datetime
@@ -463,6 +464,61 @@ def bench_inference(
             f"{settings.batch_size / seconds:.3g} images/s at batch {settings.batch_size}"
         )
     return results
+
+
+def bench_explainer_norms(settings: Settings, images: torch.Tensor, network: torch.nn.Module) -> dict[str, Any] | None:
+    """The explainer's U-Net with its group norms against the same U-Net and weights with MONAI's instance norms (as
+    before 0.4.1), calls interleaved: what ``bundle.networks.explainer._instance_norms_to_group_norms`` buys."""
+    explainer = getattr(network, "explainer", None)
+    if explainer is None:
+        return None
+    device = images.device
+    body = explainer.body
+    reference = copy.deepcopy(body)
+    _group_norms_to_instance_norms(reference)
+    results: dict[str, Any] = {}
+    with torch.inference_mode():
+        for label, x in (
+            ("batch1", images[:1]),
+            (f"batch{settings.saliency_batch}", images[: settings.saliency_batch]),
+        ):
+            group, instance = median_interleaved_seconds(
+                (lambda: body(x), lambda: reference(x)), settings.repeats, settings.warmup, device
+            )
+            results[f"group_norm_ms_{label}"] = 1000.0 * group / x.shape[0]
+            results[f"instance_norm_ms_{label}"] = 1000.0 * instance / x.shape[0]
+            results[f"speedup_{label}"] = instance / group
+            difference = (body(x) - reference(x)).abs().max().item()
+            results["max_abs_logit_difference"] = max(results.get("max_abs_logit_difference", 0.0), difference)
+    group, instance = results["group_norm_ms_batch1"], results["instance_norm_ms_batch1"]
+    say(f"explainer norms at batch 1: group {group:.1f} ms, instance {instance:.1f} ms")
+    return results
+
+
+def _group_norms_to_instance_norms(module: torch.nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.GroupNorm) and child.num_groups == child.num_channels:
+            instance = torch.nn.InstanceNorm2d(child.num_channels, eps=child.eps, affine=child.affine)
+            instance.load_state_dict(child.state_dict())
+            setattr(module, name, instance.to(child.weight.device))
+        else:
+            _group_norms_to_instance_norms(child)
+
+
+def median_interleaved_seconds(
+    functions: Sequence[Callable[[], Any]], repeats: int, warmup: int, device: torch.device
+) -> list[float]:
+    """Median wall time of each function, called in turn in every repeat so that all see the same machine load."""
+    seconds: list[list[float]] = [[] for _ in functions]
+    for repeat in range(warmup + repeats):
+        for index, function in enumerate(functions):
+            synchronize(device)
+            start = time.perf_counter()
+            function()
+            synchronize(device)
+            if repeat >= warmup:
+                seconds[index].append(time.perf_counter() - start)
+    return [statistics.median(s) for s in seconds]
 
 
 def bench_other_scale(
@@ -964,6 +1020,30 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         " and the saliency mask in this one pass.",
         "",
     ]
+    norms = results.get("explainer_norms")
+    if norms:
+        batch = f"batch{s['saliency_batch']}"
+        lines += ["## Explainer: group norms instead of instance norms (0.4.1)", ""]
+        lines += table(
+            ("explainer U-Net, ms per image", "group norms (now)", "MONAI's instance norms (before)", "speedup"),
+            [
+                ("batch 1", norms["group_norm_ms_batch1"], norms["instance_norm_ms_batch1"], norms["speedup_batch1"]),
+                (
+                    f"batch {s['saliency_batch']}",
+                    norms[f"group_norm_ms_{batch}"],
+                    norms[f"instance_norm_ms_{batch}"],
+                    norms[f"speedup_{batch}"],
+                ),
+            ],
+        )
+        lines += [
+            "The explainer's BasicUNet with one-channel-per-group norms against the same U-Net and weights with"
+            " MONAI's instance norms, calls interleaved: the same function (largest logit difference"
+            f" {norms['max_abs_logit_difference']:.1e}), but PyTorch runs instance norm through a batch norm that"
+            " copies channels_last tensors to contiguous and back at every layer. Same run, machine and images as"
+            " above.",
+            "",
+        ]
     other = results.get("other_explainer_scale")
     if other:
         scale = other["explainer_scale"]
@@ -1187,6 +1267,7 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     saliency = bench_saliency(settings, images, network, teacher, parser.get_parsed_content("task"))
     say("inference")
     inference = bench_inference(settings, images, network, teacher)
+    norms = bench_explainer_norms(settings, images, network)
     compiled = None
     if settings.compile:
         say("inference under torch.compile")
@@ -1267,6 +1348,9 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
         "inference_student_peak_mib": inference["medtex"]["memory"]["peak_mib"],
         "what": training["memory"]["what"],
     }
+    if norms is not None:
+        norms.update(context)
+        results["explainer_norms"] = norms
     if other_scale is not None:
         other_scale.update(context)
         results["other_explainer_scale"] = other_scale

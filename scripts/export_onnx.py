@@ -103,6 +103,7 @@ def export(
             "atol": 1e-5,  # masks near 0: a purely relative tolerance would fail on float rounding
         },
         **{"network_def#_target_": EXPLAINING_NETWORK},
+        **({"image_size": image_size} if image_size else {}),  # the network for that size (the explainer's scale)
     )
     return shape
 

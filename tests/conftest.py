@@ -15,10 +15,12 @@ from bundle.networks import MedTex
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def inference_network() -> MedTex:
-    """``network_def`` of configs/inference.yaml: the deployed explainer + student."""
+def inference_network(image_size: int = 32) -> MedTex:
+    """``network_def`` of configs/inference.yaml for ``image_size`` (the tests' 32 px: the explainer's default scale
+    depends on the size): the deployed explainer + student."""
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.yaml"))
+    parser["image_size"] = image_size
     return parser.get_parsed_content("network_def")
 
 

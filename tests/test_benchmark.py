@@ -31,6 +31,7 @@ SECTIONS = (
     "## Targets",
     "## Saliency maps per second",
     "## Inference latency and throughput",
+    "## Explainer: group norms instead of instance norms",
     "## Option: `torch.compile` for inference",
     "## Training: engine overhead",
     "### Precomputed teacher outputs",
@@ -84,6 +85,14 @@ def test_every_required_figure_is_a_finite_positive_number(report):
         assert positive(memory[key]), key
     assert memory["what"]
     assert results["student_params"] < results["teacher_params"]
+    medtex = results["inference"]["medtex"]  # explain's two parts, timed inside its call sequence
+    parts = medtex["explainer_latency_ms_batch1"] + medtex["student_latency_ms_batch1"]
+    assert positive(parts) and parts < 2 * medtex["latency_ms_batch1"]
+    norms = results["explainer_norms"]  # the same U-Net and weights with MONAI's instance norms: the same logits
+    assert norms["max_abs_logit_difference"] < 1e-4
+    for key in ("group_norm_ms_batch1", "instance_norm_ms_batch1", "group_norm_ms_batch2", "instance_norm_ms_batch2"):
+        assert positive(norms[key]), key
+    assert norms["speedup_batch1"] == pytest.approx(norms["instance_norm_ms_batch1"] / norms["group_norm_ms_batch1"])
     compiled = results["compiled_inference"]
     assert compiled["backend"] == "eager" and compiled["max_abs_difference"] < 1e-4
     for key in ("compile_seconds", "latency_ms_batch1", "throughput_images_per_second", "latency_speedup"):

@@ -70,6 +70,8 @@ def test_ckpt_export_torchscript_gives_the_eager_logits_and_masks(tmp_path, mode
         "configs/metadata.json",
         "--config_file",
         "configs/inference.yaml",
+        "--image_size",  # the size the model was trained at: the explainer's default scale depends on it
+        "32",
     )
     scripted, meta, extra = load_net_with_metadata(str(exported), more_extra_files=("inference.json",))
     assert isinstance(scripted, torch.jit.ScriptModule)  # scripted, not traced: explain() is exported too
@@ -171,3 +173,22 @@ def test_one_image_reader_serves_loader_writer_and_preflight(config):
         assert writer.reader is reader and writer.frame == 2
     else:  # the pre-flight check gets the same object
         assert "@image_reader" in parser.get("preflight_report") and "@frame" not in parser.get("preflight_report")
+
+
+@pytest.mark.parametrize("config", ["train.yaml", "inference.yaml"])
+def test_explainer_scale_follows_the_image_size_unless_set(config):
+    """The configs' default explainer scale: 2 from 128 px up (the U-Net sees at least 64 px), 1 below; a value given
+    on the command line wins (models trained before 0.5.0 at 224 px load with ``--explainer_scale 1``)."""
+    from monai.bundle import ConfigParser
+
+    for image_size, expected in ((32, 1), (64, 1), (127, 1), (128, 2), (224, 2), (512, 2)):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        parser["image_size"] = image_size
+        explainer = parser.get_parsed_content("explainer")
+        assert (explainer.scale, explainer.unshuffle) == (expected, expected > 1), image_size
+        assert explainer(torch.rand(1, 3, image_size, image_size)).shape == (1, 1, image_size, image_size)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser.update({"image_size": 224, "explainer_scale": 1})
+    assert parser.get_parsed_content("explainer").scale == 1

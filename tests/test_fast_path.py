@@ -45,7 +45,7 @@ def test_workers_hand_out_plain_tensors_with_the_same_random_draws():
 def test_channels_last_training_weights_load_into_the_deployed_network(tmp_path):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.yaml"))
-    parser.update({"teacher_ckpt": str(tmp_path / "unused.pt"), "device": "$torch.device('cpu')"})
+    parser.update({"teacher_ckpt": str(tmp_path / "unused.pt"), "device": "$torch.device('cpu')", "image_size": 32})
     assert parser.get_parsed_content("channels_last") is True
     network = parser.get_parsed_content("network")
     conv = network.student.features.conv0.weight

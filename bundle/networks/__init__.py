@@ -1,6 +1,6 @@
 """Networks: the explainer, the student, the deployable MED-TEX module and the frozen teacher."""
 
-from bundle.networks.explainer import Explainer
+from bundle.networks.explainer import Explainer, default_scale
 from bundle.networks.features import FeatureRecorder, feature_channels
 from bundle.networks.medtex import ExplainingMedTex, MedTex
 from bundle.networks.student import Student
@@ -8,6 +8,7 @@ from bundle.networks.teacher import FrozenTeacher, load_weights
 
 __all__ = [
     "Explainer",
+    "default_scale",
     "ExplainingMedTex",
     "FeatureRecorder",
     "feature_channels",
