@@ -212,16 +212,24 @@ def synchronize(device: torch.device) -> None:
 
 def median_seconds(function: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
     """Median wall time of ``repeats`` calls after ``warmup`` untimed ones (CUDA work included)."""
-    for _ in range(warmup):
-        function()
-    seconds = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return median_interleaved_seconds([function], repeats, warmup, device)[0]
+
+
+def median_interleaved_seconds(
+    functions: Sequence[Callable[[], Any]], repeats: int, warmup: int, device: torch.device
+) -> list[float]:
+    """Median wall time of each function, called in turn in every repeat so that all see the same machine load
+    (``warmup`` untimed rounds first; CUDA work included)."""
+    seconds: list[list[float]] = [[] for _ in functions]
+    for repeat in range(warmup + repeats):
+        for index, function in enumerate(functions):
+            synchronize(device)
+            start = time.perf_counter()
+            function()
+            synchronize(device)
+            if repeat >= warmup:
+                seconds[index].append(time.perf_counter() - start)
+    return [statistics.median(s) for s in seconds]
 
 
 def median_part_seconds(
@@ -502,22 +510,6 @@ def _group_norms_to_instance_norms(module: torch.nn.Module) -> None:
             setattr(module, name, instance.to(child.weight.device))
         else:
             _group_norms_to_instance_norms(child)
-
-
-def median_interleaved_seconds(
-    functions: Sequence[Callable[[], Any]], repeats: int, warmup: int, device: torch.device
-) -> list[float]:
-    """Median wall time of each function, called in turn in every repeat so that all see the same machine load."""
-    seconds: list[list[float]] = [[] for _ in functions]
-    for repeat in range(warmup + repeats):
-        for index, function in enumerate(functions):
-            synchronize(device)
-            start = time.perf_counter()
-            function()
-            synchronize(device)
-            if repeat >= warmup:
-                seconds[index].append(time.perf_counter() - start)
-    return [statistics.median(s) for s in seconds]
 
 
 def bench_other_scale(

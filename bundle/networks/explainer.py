@@ -117,8 +117,8 @@ def default_scale(image_size: int | Sequence[int]) -> int:
 
     Measured (docs/RESULTS.md, "Explainer scale"): on the 128 px demo over three seeds, scale 2 with ``unshuffle``
     classified as well as full resolution and its masks pointed at lesions as often or more (pointing game 0.52-0.75
-    against 0.33-0.73), and at 224 px it draws masks about three times as fast (docs/PERFORMANCE.md). Larger factors
-    are not measured, so no default picks them.
+    against 0.33-0.73), and at 224 px it drew masks 1.8-3x as fast in two benchmark runs (docs/PERFORMANCE.md). Larger
+    factors are not measured, so no default picks them.
     """
     size = min(int(s) for s in image_size) if isinstance(image_size, Sequence) else int(image_size)
     return 2 if size >= 128 else 1
@@ -131,7 +131,7 @@ def _instance_norms_to_group_norms(module: nn.Module) -> None:
     The same function (per-sample, per-channel statistics, the same eps and affine weights, stored under the same
     state dict keys, so saved weights load either way), but PyTorch runs instance norm as a batch norm on a
     ``(1, B*C, H, W)`` view, which copies a channels_last tensor to contiguous and back at every layer, while group
-    norm has a channels_last CPU kernel: the explainer takes about 40% less time at 224 px (scripts/benchmark.py).
+    norm has a channels_last CPU kernel: the explainer takes about a third less time at 224 px (scripts/benchmark.py).
     BasicUNet's ``norm`` argument cannot ask for this itself: its group count would have to change with each level.
     """
     for name, child in module.named_children():
