@@ -18,6 +18,7 @@ from monai.networks.nets import DenseNet121
 
 from bundle.data.demo import generate_demo_data
 from bundle.networks.teacher import load_weights
+from tests.conftest import inference_network
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -121,9 +122,7 @@ def test_both_ranks_train_on_half_of_the_data_and_only_rank_0_writes(trained):
 
 
 def test_the_weights_load_into_network_def(trained):
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.yaml"))
-    network = parser.get_parsed_content("network_def")
+    network = inference_network()  # the deployed network at the tests' 32 px
     network.load_state_dict(load_weights(trained["models"] / "model.pt"))  # strict: same keys, no "module."
     with torch.no_grad():
         logits, mask = network.eval().explain(torch.randn(2, 3, 32, 32))
