@@ -117,8 +117,9 @@ def default_scale(image_size: int | Sequence[int]) -> int:
 
     Measured (docs/RESULTS.md, "Explainer scale"): on the 128 px demo over three seeds, scale 2 with ``unshuffle``
     classified as well as full resolution and its masks pointed at lesions as often or more (pointing game 0.52-0.75
-    against 0.33-0.73), and at 224 px it drew masks 1.8-3x as fast in two benchmark runs (docs/PERFORMANCE.md). Larger
-    factors are not measured, so no default picks them.
+    against 0.33-0.73), and at 224 px it drew masks 1.8-3x as fast in two benchmark runs (docs/PERFORMANCE.md). Scale 4
+    pointed at lesions less often on the same demo (pointing game 0.35 against 0.52 at scale 2, three seeds on one
+    teacher), so no default picks it.
     """
     size = min(int(s) for s in image_size) if isinstance(image_size, Sequence) else int(image_size)
     return 2 if size >= 128 else 1
