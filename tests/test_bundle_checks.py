@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 from monai.data import load_net_with_metadata
 from monai.inferers import SimpleInferer
 
@@ -192,3 +192,26 @@ def test_explainer_scale_follows_the_image_size_unless_set(config):
     parser.read_config(str(CONFIGS / config))
     parser.update({"image_size": 224, "explainer_scale": 1})
     assert parser.get_parsed_content("explainer").scale == 1
+
+
+def test_small_student_overlay_builds_one_student_for_training_and_inference():
+    """configs/students/small.yaml: the same smaller student in train.yaml and inference.yaml, so its weights load
+    there, and a plain inference config refuses them with the mismatching shape named."""
+    overlay = str(ROOT / "configs" / "students" / "small.yaml")
+    networks = {}
+    for name, files in (
+        ("train", [str(ROOT / "configs" / "train.yaml"), overlay]),
+        ("inference", [str(ROOT / "configs" / "inference.yaml"), overlay]),
+        ("plain", [str(ROOT / "configs" / "inference.yaml")]),
+    ):
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser["image_size"] = 64
+        networks[name] = parser.get_parsed_content("network_def")
+    trained = networks["train"].state_dict()
+    student_parameters = sum(p.numel() for p in networks["train"].student.parameters())
+    assert student_parameters == 61521  # a sixth of the default student's
+    assert sum(p.numel() for p in networks["plain"].student.parameters()) > 6 * student_parameters
+    networks["inference"].load_state_dict(trained, strict=True)
+    with pytest.raises(RuntimeError, match="size mismatch for student.features.conv0.weight"):
+        networks["plain"].load_state_dict(trained, strict=True)

@@ -11,7 +11,8 @@ class Student(DenseNet):
     """A MONAI ``DenseNet`` with few, narrow layers: about 0.37 M parameters with the defaults (DenseNet121: 7 M).
 
     Its stages (``features.denseblock1`` ... ``features.denseblock4``) have the teacher's strides, so VID can pair
-    them with a DenseNet teacher's stages of the same names.
+    them with a DenseNet teacher's stages of the same names. ``configs/students/small.yaml`` builds one with 0.06 M
+    parameters: faster at batch 1, less accurate on the demo (docs/RESULTS.md, "A smaller student").
     """
 
     def __init__(
