@@ -968,6 +968,22 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines + [""]
 
 
+def speedup_rows(results: dict[str, Any], other: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """Table rows: the explainer + student's speedups over the teacher, this run's default against ``other``."""
+    return [
+        (
+            "`student_speedup_vs_teacher`",
+            results["student_speedup_vs_teacher"],
+            other["student_speedup_vs_teacher"],
+        ),
+        (
+            "throughput speedup over the teacher",
+            results["student_throughput_speedup_vs_teacher"],
+            other["student_throughput_speedup_vs_teacher"],
+        ),
+    ]
+
+
 def other_student_markdown(results: dict[str, Any]) -> list[str]:
     """The section comparing the config's student with ``--student-config``'s (none without that option)."""
     other = results.get("other_student")
@@ -991,16 +1007,7 @@ def other_student_markdown(results: dict[str, Any]) -> list[str]:
                 medtex["throughput_images_per_second"],
                 other["throughput_images_per_second"],
             ),
-            (
-                "`student_speedup_vs_teacher`",
-                results["student_speedup_vs_teacher"],
-                other["student_speedup_vs_teacher"],
-            ),
-            (
-                "throughput speedup over the teacher",
-                results["student_throughput_speedup_vs_teacher"],
-                other["student_throughput_speedup_vs_teacher"],
-            ),
+            *speedup_rows(results, other),
         ],
     )
     lines += [
@@ -1159,16 +1166,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
                     other["saliency_speedup_vs_occlusion"],
                 ),
                 ("explain latency, batch 1 (ms)", inf["medtex"]["latency_ms_batch1"], other["latency_ms_batch1"]),
-                (
-                    "`student_speedup_vs_teacher`",
-                    results["student_speedup_vs_teacher"],
-                    other["student_speedup_vs_teacher"],
-                ),
-                (
-                    "throughput speedup over the teacher",
-                    results["student_throughput_speedup_vs_teacher"],
-                    other["student_throughput_speedup_vs_teacher"],
-                ),
+                *speedup_rows(results, other),
             ],
         )
         lines += [
