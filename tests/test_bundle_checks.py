@@ -18,7 +18,7 @@ from monai.data import load_net_with_metadata
 from monai.inferers import SimpleInferer
 
 from bundle.data.transforms import LoadMedicalImaged
-from bundle.networks.teacher import load_weights
+from bundle.networks.teacher import count_parameters, load_weights
 from tests.conftest import inference_network
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,9 +209,9 @@ def test_small_student_overlay_builds_one_student_for_training_and_inference():
         parser["image_size"] = 64
         networks[name] = parser.get_parsed_content("network_def")
     trained = networks["train"].state_dict()
-    student_parameters = sum(p.numel() for p in networks["train"].student.parameters())
+    student_parameters = count_parameters(networks["train"].student)
     assert student_parameters == 61521  # a sixth of the default student's
-    assert sum(p.numel() for p in networks["plain"].student.parameters()) > 6 * student_parameters
+    assert count_parameters(networks["plain"].student) > 6 * student_parameters
     networks["inference"].load_state_dict(trained, strict=True)
     with pytest.raises(RuntimeError, match="size mismatch for student.features.conv0.weight"):
         networks["plain"].load_state_dict(trained, strict=True)
