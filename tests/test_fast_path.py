@@ -236,9 +236,9 @@ def test_training_iterations_read_no_tensor_values_between_logs(config, tmp_path
     assert all(n > 0 for n in reads_per_iteration[1])  # the counter sees the progress bar and TensorBoard reading
 
 
-def test_compiled_training_compiles_student_and_teacher_and_saves_plain_weights(tmp_path, data, teacher_ckpt):
-    """``compile: true`` compiles the student and the teacher's network in place (not the explainer: see
-    MedTexTrainer), an epoch runs on the loader's batches, and the saved weights load into the deployed network."""
+def test_compiled_training_compiles_all_three_networks_and_saves_plain_weights(tmp_path, data, teacher_ckpt):
+    """``compile: true`` compiles the explainer, the student and the teacher's network in place, an epoch runs on the
+    loader's batches with the mask still read by its hook, and the saved weights load into the deployed network."""
     from torch._dynamo.utils import counters
 
     counters.clear()
@@ -248,9 +248,12 @@ def test_compiled_training_compiles_student_and_teacher_and_saves_plain_weights(
     trainer = workflow.parser.get_parsed_content("train#trainer")
     network = trainer.network
     assert network.student._compiled_call_impl is not None and trainer.teacher.network._compiled_call_impl is not None
-    assert network.explainer._compiled_call_impl is None
+    assert network.explainer._compiled_call_impl is not None
     workflow.run()
-    assert counters["stats"]["unique_graphs"] >= 2  # TorchDynamo captured the student's and the teacher's graphs
+    assert counters["stats"]["unique_graphs"] >= 3  # TorchDynamo captured the three networks' graphs
+    # the compiled explainer's masks, read by the trainer's hook (the output is decollated, one dict per image)
+    mask = torch.stack([item["mask"] for item in trainer.state.output])
+    assert mask.shape == (4, 1, 32, 32) and 0.0 <= float(mask.min()) < float(mask.max()) <= 1.0
     assert trainer.state.iteration == 3 and all(math.isfinite(v) for v in trainer.state.metrics.values())
     saved = torch.load(tmp_path / "models" / workflow.parser["ckpt_name"], map_location="cpu", weights_only=True)
     deployed = inference_network()

@@ -345,3 +345,36 @@ def test_explainer_group_norms_compute_basicunets_instance_norms_from_the_same_w
             expected = torch.sigmoid(reference(image))
             assert torch.allclose(explainer(image), expected, atol=1e-5)
             assert (expected - explainer(torch.roll(image, 1, 0))).abs().max() > 0.01  # per-sample statistics
+
+
+@pytest.mark.parametrize("size", [(48, 64), (50, 70), (37, 45)])
+def test_explainer_pads_like_basicunet_only_where_sizes_need_it(size):
+    """Odd sizes halved by max pooling leave up-sampled maps a pixel short: the explainer repeats their edge as MONAI's
+    UpCat does (same masks and gradients from the same weights), and where nothing is short it pads nothing (MONAI's
+    replication pad by zero pixels copied every map and did not compile with inductor)."""
+    from monai.networks.nets import BasicUNet
+
+    torch.manual_seed(0)
+    explainer = Explainer(3)
+    features = (8, 8, 16, 32, 64, 8)
+    reference = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=features, upsample="nontrainable")
+    explainer.body.load_state_dict(reference.state_dict())
+    image = torch.randn(2, 3, *size).contiguous(memory_format=torch.channels_last)
+    calls = []
+    original_pad = torch.nn.functional.pad
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "pad", lambda *a, **k: calls.append(a[1]) or original_pad(*a, **k))
+        mask = explainer(image)
+        assert calls == []  # the explainer's own U-Net never calls a pad
+        expected = torch.sigmoid(reference(image))
+    assert len(calls) == 4  # MONAI pads at every level, by non-zero widths only for odd sizes
+    assert any(any(widths) for widths in calls) == (size != (48, 64))
+    assert mask.shape == (2, 1, *size)
+    torch.testing.assert_close(mask, expected, atol=1e-5, rtol=1e-5)
+    weights = torch.rand_like(mask)
+    (mask * weights).sum().backward()
+    (expected * weights).sum().backward()
+    # float noise relative to the largest gradient (biases before a norm have a true gradient of 0)
+    scale = max(float(p.grad.abs().max()) for p in reference.parameters())
+    for (name, ours), theirs in zip(explainer.body.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-5 * scale, rtol=1e-4, msg=name)

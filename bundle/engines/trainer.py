@@ -83,11 +83,11 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
     ``SupervisedTrainer`` computes ``loss_function(pred, label)`` and the MED-TEX loss needs more than that.
 
     ``compile``: ``torch.compile(**compile_kwargs)`` in place (``nn.Module.compile``: the modules, their forward
-    hooks and their state dicts stay the same) on the student, or on a plain classifier, and on the teacher's network,
-    whose pass on the masked image, with its backward, is the larger part of an iteration. Not on the explainer: MONAI's
-    BasicUNet pads every up-sampled map (by zero pixels when the sizes match), and PyTorch 2.13's inductor fails in
-    that padding's backward on channels_last maps (its generated code expects another memory layout than the kernel
-    returns). Not MONAI's own ``compile``, which compiles the whole network. The compiled modules need plain tensors
+    hooks and their state dicts stay the same) on the explainer, the student (or a plain classifier) and the teacher's
+    network, whose pass on the masked image, with its backward, is the larger part of an iteration. The explainer
+    compiles since its U-Net pads up-sampled maps only where their size needs it (``bundle.networks.explainer``: MONAI's
+    padding by zero pixels has a backward that PyTorch 2.13's inductor fails on for channels_last maps). Not MONAI's
+    own ``compile``, which compiles the whole network as one module. The compiled modules need plain tensors
     (a MetaTensor would break their graphs): configs/train.yaml's training batches are (``plain_tensors``), and its
     validation, which runs the same student, gets them from ``bundle.data.loading.plain_tensor_batch``.
 
@@ -142,13 +142,13 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
             raise ValueError("vid_weight > 0 needs student_feature_layers")
         self.compile = compile
         if compile:
-            to_compile = {"student": student}
+            to_compile = {"explainer": getattr(model, "explainer", None), "student": student}
             if self.teacher is not None:
                 to_compile["teacher"] = self.teacher.network
+            to_compile = {name: module for name, module in to_compile.items() if module is not None}
             for module in to_compile.values():
                 module.compile(**(compile_kwargs or {}))
-            eager = ", the explainer eagerly" if getattr(model, "explainer", None) is not None else ""
-            self.logger.info(f"torch.compile({compile_kwargs or ''}) of the {' and the '.join(to_compile)}{eager}")
+            self.logger.info(f"torch.compile({compile_kwargs or ''}) of the {', the '.join(to_compile)}")
 
     def _iteration(self, engine: MedTexTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:

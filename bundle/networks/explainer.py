@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
+from monai.networks.nets.basic_unet import UpCat
 from torch import nn
 
 
@@ -16,7 +18,8 @@ class Explainer(nn.Module):
 
     BasicUNet rather than MONAI's UNet because it can up-sample by interpolation ("nontrainable") instead of
     transposed convolutions, whose uneven kernel overlap printed a checkerboard into the masks; it also pads
-    sizes that are not multiples of 16 instead of refusing them.
+    sizes that are not multiples of 16 instead of refusing them (here only where a size needs it, which lets
+    ``torch.compile`` train the explainer: ``_UpCatPaddingWhenNeeded``).
 
     Args:
         in_channels: image channels.
@@ -69,6 +72,7 @@ class Explainer(nn.Module):
             upsample=upsample,
         )
         _instance_norms_to_group_norms(self.body)
+        _pad_only_when_needed(self.body)
         # the default (small random) 1x1 weights keep gradients flowing; the bias sets the starting mask
         nn.init.constant_(self.body.final_conv.bias, init_bias)
 
@@ -143,6 +147,36 @@ def _instance_norms_to_group_norms(module: nn.Module) -> None:
             setattr(module, name, group_norm)
         else:
             _instance_norms_to_group_norms(child)
+
+
+class _UpCatPaddingWhenNeeded(UpCat):
+    """MONAI's ``UpCat`` (up-sample, concatenate with the encoder's map, convolve) that pads the up-sampled map only
+    where it is one pixel short of the encoder's (odd sizes halved by max pooling), by repeating its last row or
+    column: the same function and weights.
+
+    MONAI's ``UpCat`` calls a replication pad on every up-sampled map, by zero pixels when the sizes match: a copy of
+    the map at each of the U-Net's four levels, and a padding whose backward PyTorch 2.13's inductor fails to compile
+    on channels_last maps. Repeating the edge by concatenation compiles (its backward is a sum of slices).
+    """
+
+    def forward(self, x: torch.Tensor, x_e: Optional[torch.Tensor]) -> torch.Tensor:
+        up = self.upsample(x)
+        if x_e is None:
+            return self.convs(up)
+        if self.is_pad:
+            if up.shape[-2] != x_e.shape[-2]:
+                up = torch.cat([up, up[..., -1:, :]], dim=-2)
+            if up.shape[-1] != x_e.shape[-1]:
+                up = torch.cat([up, up[..., -1:]], dim=-1)
+        return self.convs(torch.cat([x_e, up], dim=1))
+
+
+def _pad_only_when_needed(module: nn.Module) -> None:
+    """Make every MONAI ``UpCat`` in ``module`` a ``_UpCatPaddingWhenNeeded``, in place (same submodules and state
+    dict keys)."""
+    for child in module.modules():
+        if type(child) is UpCat:
+            child.__class__ = _UpCatPaddingWhenNeeded
 
 
 def _scale_name(scale: int, unshuffle: int | bool) -> str:
