@@ -194,10 +194,17 @@ def test_explainer_scale_follows_the_image_size_unless_set(config):
     assert parser.get_parsed_content("explainer").scale == 1
 
 
-def test_small_student_overlay_builds_one_student_for_training_and_inference():
-    """configs/students/small.yaml: the same smaller student in train.yaml and inference.yaml, so its weights load
-    there, and a plain inference config refuses them with the mismatching shape named."""
-    overlay = str(ROOT / "configs" / "students" / "small.yaml")
+@pytest.mark.parametrize(
+    "student, parameters, refusal",
+    [
+        ("small", 61521, "size mismatch for student.features.conv0.weight"),  # a sixth of the default student's
+        ("resnet", 310325, "Unexpected key.*student.layer1"),  # as many as the default's, another architecture
+    ],
+)
+def test_student_overlay_builds_one_student_for_training_and_inference(student, parameters, refusal):
+    """configs/students/*.yaml: the same student in train.yaml and inference.yaml, so its weights load there, and a
+    plain inference config refuses them, naming what does not fit."""
+    overlay = str(ROOT / "configs" / "students" / f"{student}.yaml")
     networks = {}
     for name, files in (
         ("train", [str(ROOT / "configs" / "train.yaml"), overlay]),
@@ -209,9 +216,25 @@ def test_small_student_overlay_builds_one_student_for_training_and_inference():
         parser["image_size"] = 64
         networks[name] = parser.get_parsed_content("network_def")
     trained = networks["train"].state_dict()
-    student_parameters = count_parameters(networks["train"].student)
-    assert student_parameters == 61521  # a sixth of the default student's
-    assert count_parameters(networks["plain"].student) > 6 * student_parameters
+    assert count_parameters(networks["train"].student) == parameters
+    assert count_parameters(networks["plain"].student) == 373475
     networks["inference"].load_state_dict(trained, strict=True)
-    with pytest.raises(RuntimeError, match="size mismatch for student.features.conv0.weight"):
+    with pytest.raises(RuntimeError, match=refusal):
         networks["plain"].load_state_dict(trained, strict=True)
+
+
+def test_resnet_student_trains_with_vid_on_its_own_stages(tmp_path, data, teacher_ckpt):
+    """configs/students/resnet.yaml replaces the student and the stages VID pairs with the teacher's: one MED-TEX
+    epoch runs with every loss term, and model.pt loads into inference.yaml with the same overlay."""
+    where = {"dataset_dir": str(data), "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models")}
+    configs = ["train.yaml", "students/resnet.yaml"]
+    wf = workflow(configs, "train", **TINY, **where, max_epochs=1, cache_rate=0.0, teacher_ckpt=str(teacher_ckpt))
+    assert type(wf.network_def.student).__name__ == "ResNetStudent"
+    # VID's regressors start from the ResNet's layer2 and layer3 channels (32 and 64), not a DenseNet's
+    vid = wf.parser.get_parsed_content("loss").vid
+    assert [regressor[0].in_channels for regressor in vid.regressors] == [32, 64]
+    assert wf.trainer.state.metrics["epoch_loss_vid"] != 0
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / "students" / "resnet.yaml")])
+    parser["image_size"] = 32
+    parser.get_parsed_content("network_def").load_state_dict(load_weights(tmp_path / "models" / "model.pt"))

@@ -3,7 +3,7 @@
 from bundle.networks.explainer import Explainer, default_scale
 from bundle.networks.features import FeatureRecorder, feature_channels
 from bundle.networks.medtex import ExplainingMedTex, MedTex
-from bundle.networks.student import Student
+from bundle.networks.student import ResNetStudent, Student
 from bundle.networks.teacher import FrozenTeacher, load_weights
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "feature_channels",
     "FrozenTeacher",
     "MedTex",
+    "ResNetStudent",
     "Student",
     "load_weights",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monai.networks.nets import DenseNet
+from monai.networks.nets import DenseNet, ResNet
 
 
 class Student(DenseNet):
@@ -32,4 +32,41 @@ class Student(DenseNet):
             growth_rate=growth_rate,
             block_config=tuple(block_config),
             dropout_prob=dropout_prob,
+        )
+
+
+class ResNetStudent(ResNet):
+    """A narrow MONAI ``ResNet`` (ResNet-10 layout: one basic block per stage): about 0.31 M parameters with the
+    defaults, as many as ``Student``, built by ``configs/students/resnet.yaml``.
+
+    Why a second architecture: at batch 1 on a CPU a DenseNet's every layer normalises and concatenates all earlier
+    feature maps, so the default ``Student`` spends its time moving memory; this ResNet does the same job in a third of
+    the time at 224 px (scripts/benchmark.py ``--student-config``, docs/PERFORMANCE.md). Its stem has stride 2 (MONAI's
+    default is 1, made for 3D volumes), so ``layer1`` ... ``layer4`` have a DenseNet teacher's strides (4, 8, 16, 32)
+    and VID pairs ``layer2``/``layer3`` with ``features.denseblock2``/``features.denseblock3``.
+
+    Args:
+        in_channels: image channels.
+        out_channels: classes.
+        layers: basic blocks per stage.
+        widths: channels of the four stages.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 5,
+        layers: Sequence[int] = (1, 1, 1, 1),
+        widths: Sequence[int] = (16, 32, 64, 128),
+    ) -> None:
+        if len(layers) != 4 or len(widths) != 4:
+            raise ValueError(f"ResNetStudent needs four stages: layers {list(layers)}, widths {list(widths)}")
+        super().__init__(
+            block="basic",
+            layers=list(layers),
+            block_inplanes=list(widths),
+            spatial_dims=2,
+            n_input_channels=in_channels,
+            conv1_t_stride=2,
+            num_classes=out_channels,
         )
