@@ -11,17 +11,17 @@ on the weights), the explainer + student (``network``), the loss, the training d
 - saliency: maps/s of the explainer (one ``explain`` call) and of GradCAM, GradCAM++, SmoothGrad and occlusion on
   the teacher (``bundle.explain.make_saliency``), on the same images;
 - inference: latency at batch 1 and throughput at ``--batch-size`` of the teacher and of explainer + student
-  (``explain``: logits and mask in one pass), fp32, ``torch.inference_mode``;
+  (``explain``: logits and mask in one pass), their calls in turn, fp32, ``torch.inference_mode``;
 - training: one MED-TEX iteration through the bundle's Ignite engine against a hand-written PyTorch loop doing the
   same computation on the same pre-built batches (data loading excluded from both);
 - data loading: the cached training loader (the config's CacheDataset + DataLoader, augmentation included) against
   what one training iteration consumes, and decoding from PNG and DICOM, uncached and cached;
 - peak memory of training and inference (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS);
-- with ``--student-config FILE`` (e.g. configs/students/small.yaml): explainer + student inference with that config
-  overlay's student, latency and throughput as ratios to the same teacher;
+- with ``--student-config FILE`` (repeatable; e.g. configs/students/resnet.yaml): explainer + student inference with
+  that config overlay's student, latency and throughput as ratios to the teacher timed in turn with it;
 - with ``--compile``: explainer + student inference under ``torch.compile`` (inductor) against eager, the time
   compiling takes and after how many images it has paid for itself (configs/inference.yaml ``compile``); and the
-  same for MED-TEX training iterations (configs/train.yaml ``compile``: student and teacher compiled).
+  same for MED-TEX training iterations (configs/train.yaml ``compile``: explainer, student and teacher compiled).
 
 Every timing is the median of ``repeats`` runs after warm-up. ``--quick`` (under a minute on 2 CPU cores) uses a
 batch of 2, fewer repeats, fewer occlusion passes and SmoothGrad samples (so those two methods look faster than
@@ -115,7 +115,7 @@ class Settings:
     explainer_scale: int
     explainer_scale_mode: str
     other_explainer_scale: int | None
-    student_config: str | None
+    student_configs: list[str]
     compile: bool
     compile_backend: str
     command: str
@@ -145,7 +145,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--student-config",
         type=Path,
-        help="also time inference with the student of this config overlay (e.g. configs/students/small.yaml)",
+        action="append",
+        default=[],
+        help="also time inference with the student of this config overlay (e.g. configs/students/resnet.yaml);"
+        " may be given more than once",
     )
     parser.add_argument(
         "--compile",
@@ -161,8 +164,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.image_size is not None and args.image_size < 32:
         parser.error("--image-size must be at least 32 (the demo data's smallest size)")
-    if args.student_config is not None and not args.student_config.is_file():
-        parser.error(f"--student-config: no such file {args.student_config}")
+    for path in args.student_config:
+        if not path.is_file():
+            parser.error(f"--student-config: no such file {path}")
     if args.num_workers is not None and args.num_workers < 0:
         parser.error("--num-workers must not be negative")
     if args.occlusion_overlap is not None and not 0.0 <= args.occlusion_overlap < 1.0:
@@ -203,7 +207,7 @@ def make_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         explainer_scale=args.explainer_scale or int(defaults.get_parsed_content("explainer_scale")),
         explainer_scale_mode=args.explainer_scale_mode or str(defaults["explainer_scale_mode"]),
         other_explainer_scale=args.other_explainer_scale,
-        student_config=str(args.student_config) if args.student_config else None,
+        student_configs=[str(path) for path in args.student_config],
         compile=args.compile,
         compile_backend=args.compile_backend,
         command=shlex.join(["python", "scripts/benchmark.py", *argv]),
@@ -455,37 +459,81 @@ def bench_saliency(
     return results
 
 
+def time_against_teacher(
+    settings: Settings, teacher: torch.nn.Module, explain: Callable[[torch.Tensor], Any], batch: torch.Tensor
+) -> dict[str, float]:
+    """Latency at batch 1 and images/s at the batch size of the teacher and of ``explain``, their calls in turn in
+    every repeat (``median_interleaved_seconds``), so that a speedup is a ratio of two timings under the same load.
+
+    Timed minutes apart they saw different machine speeds: on a 2-core VM the teacher took 86.1 ms at batch 1 beside
+    one explainer + student and 62.9 ms beside another a few minutes later (docs/PERFORMANCE.md, 2026-12-03 08:22).
+    """
+    device = batch.device
+    with torch.inference_mode():
+        teacher_latency, latency = median_interleaved_seconds(
+            (lambda: teacher(batch[:1]), lambda: explain(batch[:1])), settings.repeats, settings.warmup, device
+        )
+        teacher_seconds, seconds = median_interleaved_seconds(
+            (lambda: teacher(batch), lambda: explain(batch)), settings.repeats, settings.warmup, device
+        )
+    return {
+        "teacher_latency_ms_batch1": 1000.0 * teacher_latency,
+        "teacher_seconds_per_batch": teacher_seconds,
+        "teacher_throughput_images_per_second": batch.shape[0] / teacher_seconds,
+        "latency_ms_batch1": 1000.0 * latency,
+        "seconds_per_batch": seconds,
+        "throughput_images_per_second": batch.shape[0] / seconds,
+        "student_speedup_vs_teacher": teacher_latency / latency,
+        "student_throughput_speedup_vs_teacher": teacher_seconds / seconds,
+    }
+
+
+def peak_inference_memory(memory: PeakMemory, call: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> dict:
+    """Peak memory of one call at the batch size (the timed calls interleave two networks)."""
+    memory.reset()
+    with torch.inference_mode():
+        call(batch)
+    return memory.read()
+
+
 def bench_inference(
     settings: Settings, images: torch.Tensor, network: torch.nn.Module, teacher: torch.nn.Module
 ) -> dict[str, Any]:
-    """Latency at batch 1 and throughput at the batch size, teacher vs explainer + student, with peak memory."""
+    """Latency at batch 1 and throughput at the batch size, teacher vs explainer + student (calls in turn), with the
+    explainer's and the student's parts and peak memory."""
     device = images.device
-    memory = PeakMemory(device)
     batch = images[torch.arange(settings.batch_size) % images.shape[0]]
-    results: dict[str, Any] = {}
-    for name, model, call in (("teacher", teacher, teacher), ("medtex", network, network.explain)):
-        model.eval()
-        memory.reset()
-        with torch.inference_mode():
-            latency = median_seconds(lambda: call(batch[:1]), settings.repeats, settings.warmup, device)
-            seconds = median_seconds(lambda: call(batch), settings.repeats, settings.warmup, device)
-        parts = {}
-        if name == "medtex":  # where the explainer + student's time goes
-            explainer, student = median_part_seconds(network, batch[:1], settings.repeats, settings.warmup, device)
-            parts = {"explainer_latency_ms_batch1": 1000.0 * explainer, "student_latency_ms_batch1": 1000.0 * student}
-            parts["student_parameters"] = count_parameters(network.student)
-        results[name] = {
-            **parts,
-            "latency_ms_batch1": 1000.0 * latency,
-            "throughput_images_per_second": settings.batch_size / seconds,
-            "seconds_per_batch": seconds,
-            "batch_size": settings.batch_size,
-            "parameters": count_parameters(model),
-            "memory": memory.read(),
-        }
+    teacher.eval()
+    network.eval()
+    paired = time_against_teacher(settings, teacher, network.explain, batch)
+    explainer, student = median_part_seconds(network, batch[:1], settings.repeats, settings.warmup, device)
+    memory = PeakMemory(device)
+    common = {"batch_size": settings.batch_size}
+    results: dict[str, Any] = {
+        "teacher": {
+            **common,
+            "latency_ms_batch1": paired["teacher_latency_ms_batch1"],
+            "throughput_images_per_second": paired["teacher_throughput_images_per_second"],
+            "seconds_per_batch": paired["teacher_seconds_per_batch"],
+            "parameters": count_parameters(teacher),
+            "memory": peak_inference_memory(memory, teacher, batch),
+        },
+        "medtex": {
+            **common,
+            "latency_ms_batch1": paired["latency_ms_batch1"],
+            "throughput_images_per_second": paired["throughput_images_per_second"],
+            "seconds_per_batch": paired["seconds_per_batch"],
+            "explainer_latency_ms_batch1": 1000.0 * explainer,
+            "student_latency_ms_batch1": 1000.0 * student,
+            "parameters": count_parameters(network),
+            "student_parameters": count_parameters(network.student),
+            "memory": peak_inference_memory(memory, network.explain, batch),
+        },
+    }
+    for name, r in results.items():
         say(
-            f"inference {name}: {1000 * latency:.1f} ms at batch 1, "
-            f"{settings.batch_size / seconds:.3g} images/s at batch {settings.batch_size}"
+            f"inference {name}: {r['latency_ms_batch1']:.1f} ms at batch 1, "
+            f"{r['throughput_images_per_second']:.3g} images/s at batch {settings.batch_size}"
         )
     return results
 
@@ -529,63 +577,59 @@ def _group_norms_to_instance_norms(module: torch.nn.Module) -> None:
 
 
 def bench_other_scale(
-    settings: Settings, images: torch.Tensor, network: torch.nn.Module, results: dict[str, Any]
+    settings: Settings,
+    images: torch.Tensor,
+    network: torch.nn.Module,
+    teacher: torch.nn.Module,
+    saliency: dict[str, float],
 ) -> dict[str, Any]:
-    """The explainer at ``other_explainer_scale``: mask maps/s and explain latency/throughput, as ratios to the
-    post-hoc methods and the teacher measured earlier in this same run."""
+    """The explainer at ``other_explainer_scale``: mask maps/s as ratios to the post-hoc methods' (``saliency``, maps/s
+    measured earlier in this run), explain latency/throughput in turn with the teacher."""
     device = images.device
     x = images[: settings.saliency_batch]
     batch = images[torch.arange(settings.batch_size) % images.shape[0]]
     with torch.inference_mode():
         mask_seconds = median_seconds(lambda: network.mask(x), settings.repeats, settings.warmup, device)
-        latency = median_seconds(lambda: network.explain(batch[:1]), settings.repeats, settings.warmup, device)
-        seconds = median_seconds(lambda: network.explain(batch), settings.repeats, settings.warmup, device)
+    paired = time_against_teacher(settings, teacher, network.explain, batch)
     explainer, _ = median_part_seconds(network, batch[:1], settings.repeats, settings.warmup, device)
     maps_per_second = x.shape[0] / mask_seconds
-    saliency, inference = results["saliency"], results["inference"]
     other = {
         "explainer_scale": settings.other_explainer_scale,
         "explainer_scale_mode": settings.explainer_scale_mode,
         "explainer_maps_per_second": maps_per_second,
         **{f"saliency_speedup_vs_{name}": maps_per_second / saliency[name] for name in POSTHOC},
         "explainer_latency_ms_batch1": 1000.0 * explainer,
-        "latency_ms_batch1": 1000.0 * latency,
-        "throughput_images_per_second": settings.batch_size / seconds,
-        "student_speedup_vs_teacher": inference["teacher"]["latency_ms_batch1"] / (1000.0 * latency),
-        "student_throughput_speedup_vs_teacher": (settings.batch_size / seconds)
-        / inference["teacher"]["throughput_images_per_second"],
+        **paired,
     }
-    say(f"explainer scale {settings.other_explainer_scale}: {maps_per_second:.3g} maps/s, {1000 * latency:.1f} ms")
+    say(
+        f"explainer scale {settings.other_explainer_scale}: {maps_per_second:.3g} maps/s,"
+        f" {paired['latency_ms_batch1']:.1f} ms, {paired['student_speedup_vs_teacher']:.2f}x the teacher"
+    )
     return other
 
 
 def bench_other_student(
-    settings: Settings, images: torch.Tensor, network: torch.nn.Module, inference: dict[str, Any]
+    settings: Settings, images: torch.Tensor, network: torch.nn.Module, teacher: torch.nn.Module, student_config: str
 ) -> dict[str, Any]:
     """Explainer + student built with ``student_config`` merged over the config: latency at batch 1 and throughput,
-    as ratios to the teacher measured earlier in this same run (``inference``)."""
+    in turn with the teacher."""
     device = images.device
     batch = images[torch.arange(settings.batch_size) % images.shape[0]]
-    with torch.inference_mode():
-        latency = median_seconds(lambda: network.explain(batch[:1]), settings.repeats, settings.warmup, device)
-        seconds = median_seconds(lambda: network.explain(batch), settings.repeats, settings.warmup, device)
+    paired = time_against_teacher(settings, teacher, network.explain, batch)
     explainer, student = median_part_seconds(network, batch[:1], settings.repeats, settings.warmup, device)
-    teacher = inference["teacher"]
-    speedup = teacher["latency_ms_batch1"] / (1000.0 * latency)
     other = {
-        "student_config": settings.student_config,
+        "student_config": student_config,
         "parameters": count_parameters(network),
         "student_parameters": count_parameters(network.student),
         "explainer_latency_ms_batch1": 1000.0 * explainer,
         "student_latency_ms_batch1": 1000.0 * student,
-        "latency_ms_batch1": 1000.0 * latency,
-        "throughput_images_per_second": settings.batch_size / seconds,
-        "student_speedup_vs_teacher": speedup,
-        "student_throughput_speedup_vs_teacher": (settings.batch_size / seconds)
-        / teacher["throughput_images_per_second"],
-        "latency_target_met": bool(speedup >= LATENCY_TARGET),
+        **paired,
+        "latency_target_met": bool(paired["student_speedup_vs_teacher"] >= LATENCY_TARGET),
     }
-    say(f"student of {settings.student_config}: {1000 * latency:.1f} ms at batch 1, {speedup:.2f}x the teacher")
+    say(
+        f"student of {student_config}: {paired['latency_ms_batch1']:.1f} ms at batch 1,"
+        f" {paired['student_speedup_vs_teacher']:.2f}x the teacher"
+    )
     return other
 
 
@@ -661,7 +705,7 @@ def bench_compiled_training(
     saved = eager - compiled
     result = {
         "backend": settings.compile_backend,
-        "compiled_modules": "the student and the teacher's network",
+        "compiled_modules": "the explainer, the student and the teacher's network",
         "compile_seconds": compile_seconds,
         "eager_seconds_per_iteration": eager,
         "compiled_seconds_per_iteration": compiled,
@@ -984,11 +1028,8 @@ def speedup_rows(results: dict[str, Any], other: dict[str, Any]) -> list[tuple[s
     ]
 
 
-def other_student_markdown(results: dict[str, Any]) -> list[str]:
-    """The section comparing the config's student with ``--student-config``'s (none without that option)."""
-    other = results.get("other_student")
-    if not other:
-        return []
+def other_student_markdown(results: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """The section comparing the config's student with one ``--student-config``'s."""
     medtex, teacher = results["inference"]["medtex"], results["inference"]["teacher"]
     lines = [f"## Student of `{other['student_config']}` instead of the config's", ""]
     lines += table(
@@ -1002,6 +1043,7 @@ def other_student_markdown(results: dict[str, Any]) -> list[str]:
                 other["explainer_latency_ms_batch1"],
             ),
             ("student's part, batch 1 (ms)", medtex["student_latency_ms_batch1"], other["student_latency_ms_batch1"]),
+            ("teacher timed in turn, batch 1 (ms)", teacher["latency_ms_batch1"], other["teacher_latency_ms_batch1"]),
             (
                 f"images/s, batch {medtex['batch_size']}",
                 medtex["throughput_images_per_second"],
@@ -1012,9 +1054,9 @@ def other_student_markdown(results: dict[str, Any]) -> list[str]:
     )
     lines += [
         f"The same explainer; the student built with `{other['student_config']}` merged over the config (random"
-        f" weights: timing does not depend on them), against the same teacher ({number(teacher['latency_ms_batch1'])}"
-        " ms at batch 1). Same run, machine and images as above; what the smaller student costs in accuracy and"
-        " localisation is in docs/RESULTS.md.",
+        " weights: timing does not depend on them). Each explainer + student is timed in turn with the same teacher,"
+        " call for call, and its speedups are over that teacher's timings (the row above). Same run, machine and"
+        " images as above; what the other student costs or buys in accuracy and localisation is in docs/RESULTS.md.",
         "",
     ]
     return lines
@@ -1060,13 +1102,11 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         "`student_speedup_vs_teacher` compares latency at batch 1; in images per second at batch"
         f" {inf['medtex']['batch_size']} the explainer + student is"
         f" {number(results['student_throughput_speedup_vs_teacher'])}x the teacher (inference section below)."
-        + (
-            f" With the student of `{results['other_student']['student_config']}`:"
-            f" {number(results['other_student']['student_speedup_vs_teacher'])}x latency at batch 1 (target >="
-            f" {LATENCY_TARGET:g}: {yes_no(results['other_student']['latency_target_met'], 'not met')}), section"
-            " below."
-            if "other_student" in results
-            else ""
+        + "".join(
+            f" With the student of `{other['student_config']}`: {number(other['student_speedup_vs_teacher'])}x"
+            f" latency at batch 1 (target >= {LATENCY_TARGET:g}: {yes_no(other['latency_target_met'], 'not met')}),"
+            " section below."
+            for other in results.get("other_students", [])
         ),
         "",
     ]
@@ -1112,7 +1152,8 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         f" latency at batch 1, {number(results['student_throughput_speedup_vs_teacher'])}x throughput. At batch 1 the"
         f" explainer's part takes {number(inf['medtex']['explainer_latency_ms_batch1'])} ms and the student's"
         f" {number(inf['medtex']['student_latency_ms_batch1'])} ms (timed inside the same sequence of calls as"
-        " `explain`; each network alone, call after call, runs faster from warm caches). Both networks in fp32"
+        " `explain`; each network alone, call after call, runs faster from warm caches). The teacher and the"
+        " explainer + student are called in turn in every repeat, so both see the same machine load. Both in fp32"
         " under `torch.inference_mode`, in the config's memory format; the explainer + student returns the logits"
         " and the saliency mask in this one pass.",
         "",
@@ -1166,6 +1207,11 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
                     other["saliency_speedup_vs_occlusion"],
                 ),
                 ("explain latency, batch 1 (ms)", inf["medtex"]["latency_ms_batch1"], other["latency_ms_batch1"]),
+                (
+                    "teacher timed in turn, batch 1 (ms)",
+                    inf["teacher"]["latency_ms_batch1"],
+                    other["teacher_latency_ms_batch1"],
+                ),
                 *speedup_rows(results, other),
             ],
         )
@@ -1173,11 +1219,12 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             "`explainer_scale: k` runs the explainer's U-Net k times below the image's resolution (1: full"
             " resolution), on k x k cells turned into k^2 channels (`explainer_scale_mode: unshuffle`, one logit per"
             " pixel back) or on the image average-pooled by k (`pool`, the logits interpolated back); the scale and"
-            " mode are saved with the weights. Same run, machine and images as above; what the scale costs in"
-            " accuracy and localisation is in docs/RESULTS.md.",
+            " mode are saved with the weights. Explain is timed in turn with the teacher, as above. Same run, machine"
+            " and images as above; what the scale costs in accuracy and localisation is in docs/RESULTS.md.",
             "",
         ]
-    lines += other_student_markdown(results)
+    for other in results.get("other_students", []):
+        lines += other_student_markdown(results, other)
     compiled = results.get("compiled_inference")
     if compiled:
         lines += ["## Option: `torch.compile` for inference (`compile: true` in configs/inference.yaml)", ""]
@@ -1270,8 +1317,8 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         )
         even = ctrain["break_even_iterations"]
         lines += [
-            f"Compiled ({ctrain['backend']}): {ctrain['compiled_modules']} (not the explainer: see"
-            " `bundle.engines.trainer.MedTexTrainer`). The first compiled iteration (inductor's cache empty) took"
+            f"Compiled ({ctrain['backend']}): {ctrain['compiled_modules']} (`bundle.engines.trainer.MedTexTrainer`)."
+            " The first compiled iteration (inductor's cache empty) took"
             f" {number(ctrain['compile_seconds'])} s, so compiling"
             f" {'pays after ' + number(even) + ' iterations' if even else 'never pays (no faster)'}. The two trainers"
             " start from the same"
@@ -1368,15 +1415,15 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
             dataclasses.replace(settings, explainer_scale=settings.other_explainer_scale), work, teacher_ckpt, "other"
         )
         other_network = other_parser.get_parsed_content("network").eval()
-        measured = {"saliency": {n: r["maps_per_second"] for n, r in saliency.items()}, "inference": inference}
-        other_scale = bench_other_scale(settings, images, other_network, measured)
+        maps = {n: r["maps_per_second"] for n, r in saliency.items()}
+        other_scale = bench_other_scale(settings, images, other_network, teacher, maps)
         del other_network, other_parser
-    other_student = None
-    if settings.student_config:
-        say(f"student of {settings.student_config}")
-        student_parser = load_config(settings, work, teacher_ckpt, "student", overlay=settings.student_config)
+    other_students = []
+    for student_config in settings.student_configs:
+        say(f"student of {student_config}")
+        student_parser = load_config(settings, work, teacher_ckpt, "student", overlay=student_config)
         student_network = student_parser.get_parsed_content("network").eval()
-        other_student = bench_other_student(settings, images, student_network, inference)
+        other_students.append(bench_other_student(settings, images, student_network, teacher, student_config))
         del student_network, student_parser
     del teacher, network, parser
     gc.collect()
@@ -1450,9 +1497,10 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     if other_scale is not None:
         other_scale.update(context)
         results["other_explainer_scale"] = other_scale
-    if other_student is not None:
-        other_student.update(context)
-        results["other_student"] = other_student
+    if other_students:
+        for other_student in other_students:
+            other_student.update(context)
+        results["other_students"] = other_students
     if compiled is not None:
         compiled.update(context)
         results["compiled_inference"] = compiled

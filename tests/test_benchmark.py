@@ -46,7 +46,8 @@ def report(tmp_path_factory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("benchmark")
     argv = ["--quick", "--image-size", "32", "--batch-size", "2", "--repeats", "2", "--num-workers", "0"]
     argv += ["--other-explainer-scale", "2", "--explainer-scale-mode", "pool"]  # unshuffle by 2 needs 64 px
-    argv += ["--student-config", str(ROOT / "configs" / "students" / "small.yaml")]
+    for student in ("small", "resnet"):
+        argv += ["--student-config", str(ROOT / "configs" / "students" / f"{student}.yaml")]
     argv += ["--compile", "--compile-backend", "eager"]  # graph capture without minutes of inductor code generation
     argv += ["--json", str(out / "benchmark.json"), "--md", str(out / "PERFORMANCE.md")]
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -122,14 +123,21 @@ def test_ratios_are_ratios_of_the_reported_measurements(report):
     inference = results["inference"]
     teacher, student = inference["teacher"]["latency_ms_batch1"], inference["medtex"]["latency_ms_batch1"]
     assert results["student_speedup_vs_teacher"] == pytest.approx(teacher / student, rel=1e-9)
-    other_student = results["other_student"]  # the smaller student's speedup divides by this run's teacher
-    assert other_student["student_speedup_vs_teacher"] == pytest.approx(teacher / other_student["latency_ms_batch1"])
-    assert other_student["latency_target_met"] == (other_student["student_speedup_vs_teacher"] >= 5.0)
-    # configs/students/small.yaml really builds a smaller student; the explainer is the same
+    small, resnet = results["other_students"]  # in the order given; each divides by the teacher timed with it
+    assert small["student_config"].endswith("small.yaml") and resnet["student_config"].endswith("resnet.yaml")
+    for other in (small, resnet):
+        ratio = other["teacher_latency_ms_batch1"] / other["latency_ms_batch1"]
+        assert other["student_speedup_vs_teacher"] == pytest.approx(ratio, rel=1e-9)
+        ratio = other["throughput_images_per_second"] / other["teacher_throughput_images_per_second"]
+        assert other["student_throughput_speedup_vs_teacher"] == pytest.approx(ratio, rel=1e-9)
+        assert other["latency_target_met"] == (other["student_speedup_vs_teacher"] >= 5.0)
+    # the overlays really build other students; the explainer is the same
     default = inference["medtex"]
-    assert other_student["student_parameters"] < default["student_parameters"] / 4
+    assert small["student_parameters"] < default["student_parameters"] / 4
+    assert resnet["student_parameters"] == 310_325 != default["student_parameters"]
     explainer_parameters = default["parameters"] - default["student_parameters"]
-    assert other_student["parameters"] - other_student["student_parameters"] == explainer_parameters > 0
+    for other in (small, resnet):
+        assert other["parameters"] - other["student_parameters"] == explainer_parameters > 0
     training = results["training"]
     engine, loop = training["engine_seconds_per_iteration"], training["loop_seconds_per_iteration"]
     assert results["engine_overhead"] == pytest.approx(engine / loop, rel=1e-9)
@@ -178,7 +186,9 @@ def test_markdown_has_every_section_with_machine_and_command(report):
     for method in METHODS:
         assert f"| {method} |" in markdown
     assert "## Explainer scale 2 (pool) instead of 1" in markdown
-    assert "## Student of `" + results["other_student"]["student_config"] + "` instead of the config's" in markdown
+    for other in results["other_students"]:
+        assert "## Student of `" + other["student_config"] + "` instead of the config's" in markdown
+        assert f"{benchmark.number(other['student_speedup_vs_teacher'])}x latency at batch 1 (target >= 5:" in markdown
     throughput = results["student_throughput_speedup_vs_teacher"]
     assert f"the explainer + student is {benchmark.number(throughput)}x the teacher" in markdown
 
