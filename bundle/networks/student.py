@@ -12,7 +12,8 @@ class Student(DenseNet):
 
     Its stages (``features.denseblock1`` ... ``features.denseblock4``) have the teacher's strides, so VID can pair
     them with a DenseNet teacher's stages of the same names. ``configs/students/small.yaml`` builds one with 0.06 M
-    parameters: faster at batch 1, less accurate on the demo (docs/RESULTS.md, "A smaller student").
+    parameters: faster at batch 1, less accurate on the demo (docs/RESULTS.md, "A smaller student"); see also
+    ``ResNetStudent``.
     """
 
     def __init__(
@@ -40,9 +41,10 @@ class ResNetStudent(ResNet):
     defaults, as many as ``Student``, built by ``configs/students/resnet.yaml``.
 
     Why a second architecture: at batch 1 on a CPU a DenseNet's every layer normalises and concatenates all earlier
-    feature maps, so the default ``Student`` spends its time moving memory; this ResNet does the same job in a third of
-    the time at 224 px (scripts/benchmark.py ``--student-config``, docs/PERFORMANCE.md). Its stem has stride 2 (MONAI's
-    default is 1, made for 3D volumes), so ``layer1`` ... ``layer4`` have a DenseNet teacher's strides (4, 8, 16, 32)
+    feature maps (a profile of the default ``Student`` at 224 px: a quarter of its time in batch norms and
+    concatenations); this ResNet took 5.2 against 18.4 ms at 224 px (scripts/benchmark.py ``--student-config``,
+    docs/PERFORMANCE.md), at 0.016 lower test AUC on the 128 px demo (docs/RESULTS.md, "A ResNet student"). Its stem
+    has stride 2 (MONAI's default is 1), so ``layer1`` ... ``layer4`` have a DenseNet teacher's strides (4, 8, 16, 32)
     and VID pairs ``layer2``/``layer3`` with ``features.denseblock2``/``features.denseblock3``.
 
     Args:
