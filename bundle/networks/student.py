@@ -41,8 +41,7 @@ class ResNetStudent(ResNet):
     defaults, as many as ``Student``, built by ``configs/students/resnet.yaml``.
 
     Why a second architecture: at batch 1 on a CPU a DenseNet's every layer normalises and concatenates all earlier
-    feature maps (a profile of the default ``Student`` at 224 px: a quarter of its time in batch norms and
-    concatenations); this ResNet took 5.2 against 18.4 ms at 224 px (scripts/benchmark.py ``--student-config``,
+    feature maps; this ResNet took 5.2 against 18.4 ms at 224 px (scripts/benchmark.py ``--student-config``,
     docs/PERFORMANCE.md), at 0.016 lower test AUC on the 128 px demo (docs/RESULTS.md, "A ResNet student"). Its stem
     has stride 2 (MONAI's default is 1), so ``layer1`` ... ``layer4`` have a DenseNet teacher's strides (4, 8, 16, 32)
     and VID pairs ``layer2``/``layer3`` with ``features.denseblock2``/``features.denseblock3``.
