@@ -198,7 +198,7 @@ def test_explainer_scale_follows_the_image_size_unless_set(config):
     "student, parameters, refusal",
     [
         ("small", 61521, "size mismatch for student.features.conv0.weight"),  # a sixth of the default student's
-        ("resnet", 310325, "Unexpected key.*student.layer1"),  # as many as the default's, another architecture
+        ("resnet", 571541, "Unexpected key.*student.layer1"),  # another architecture
     ],
 )
 def test_student_overlay_builds_one_student_for_training_and_inference(student, parameters, refusal):
@@ -223,6 +223,29 @@ def test_student_overlay_builds_one_student_for_training_and_inference(student, 
         networks["plain"].load_state_dict(trained, strict=True)
 
 
+def test_resnet_student_of_before_0_6_0_loads_with_the_overrides_the_overlay_names():
+    """resnet.yaml built a narrower ResNet before 0.6.0 (widths 16-128, MONAI's 7 x 7 stem); its model.pt loads with
+    the two overrides written in the overlay, and not without them."""
+    from monai.networks.nets import ResNet
+
+    from bundle.networks import Explainer, MedTex
+
+    old_student = ResNet("basic", [1, 1, 1, 1], [16, 32, 64, 128], spatial_dims=2, conv1_t_stride=2, num_classes=5)
+    saved = MedTex(old_student, Explainer(3)).state_dict()  # 64 px: explainer scale 1
+    files = [str(CONFIGS / "inference.yaml"), str(CONFIGS / "students" / "resnet.yaml")]
+    for overrides, loads in (({"student#widths": [16, 32, 64, 128], "student#stem_kernel_size": 7}, True), ({}, False)):
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser.update({"image_size": 64, **overrides})
+        network = parser.get_parsed_content("network_def")
+        if loads:
+            assert count_parameters(network.student) == 310325
+            network.load_state_dict(saved, strict=True)
+        else:
+            with pytest.raises(RuntimeError, match="size mismatch for student.conv1.weight"):
+                network.load_state_dict(saved, strict=True)
+
+
 def test_resnet_student_trains_with_vid_on_its_own_stages(tmp_path, data, teacher_ckpt):
     """configs/students/resnet.yaml replaces the student and the stages VID pairs with the teacher's: one MED-TEX
     epoch runs with every loss term, and model.pt loads into inference.yaml with the same overlay."""
@@ -230,9 +253,9 @@ def test_resnet_student_trains_with_vid_on_its_own_stages(tmp_path, data, teache
     configs = ["train.yaml", "students/resnet.yaml"]
     wf = workflow(configs, "train", **TINY, **where, max_epochs=1, cache_rate=0.0, teacher_ckpt=str(teacher_ckpt))
     assert type(wf.network_def.student).__name__ == "ResNetStudent"
-    # VID's regressors start from the ResNet's layer2 and layer3 channels (32 and 64), not a DenseNet's
+    # VID's regressors start from the ResNet's layer2 and layer3 channels (48 and 96), not a DenseNet's
     vid = wf.parser.get_parsed_content("loss").vid
-    assert [regressor[0].in_channels for regressor in vid.regressors] == [32, 64]
+    assert [regressor[0].in_channels for regressor in vid.regressors] == [48, 96]
     assert wf.trainer.state.metrics["epoch_loss_vid"] != 0
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / "students" / "resnet.yaml")])
