@@ -198,6 +198,7 @@ def test_explainer_scale_follows_the_image_size_unless_set(config):
     "student, parameters, refusal",
     [
         ("small", 61521, "size mismatch for student.features.conv0.weight"),  # a sixth of the default student's
+        ("shallow", 178253, "size mismatch for student.features.conv0.weight"),  # same class, other shapes
         ("resnet", 571541, "Unexpected key.*student.layer1"),  # another architecture
     ],
 )

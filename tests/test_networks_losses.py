@@ -180,6 +180,25 @@ def test_default_student_and_explainer_are_under_a_tenth_of_densenet121():
     assert count_parameters(deployed) < count_parameters(teacher) / 10
 
 
+def test_student_stem_kernel_and_bottleneck_width_change_only_what_they_name():
+    """``stem_kernel_size`` swaps MONAI's 7 x 7 stem for another odd kernel at the same stride, ``bn_size`` the dense
+    layers' bottleneck width; the stages keep their strides (VID pairs them with the teacher's), even kernels fail."""
+    arguments = {"in_channels": 3, "out_channels": 5, "init_features": 8, "growth_rate": 4, "block_config": (1, 1)}
+    plain, changed = Student(**arguments), Student(**arguments, stem_kernel_size=3, bn_size=2)
+    assert plain.features.conv0.kernel_size == (7, 7) and changed.features.conv0.kernel_size == (3, 3)
+    assert changed.features.conv0.stride == (2, 2)
+    # stem: 3 * 8 * (49 - 9) weights fewer; in each dense layer (inputs 8 and, after the transition, 6 channels)
+    # the 1 x 1 convolution, the norm after it and the 3 x 3 convolution see 4 * 2 = 8 bottleneck channels, not 16
+    assert count_parameters(plain) - count_parameters(changed) == 3 * 8 * 40 + (8 + 6) * 8 + 2 * (2 * 8 + 8 * 4 * 9)
+    image = torch.rand(1, 3, 64, 64)
+    for net in (plain, changed):
+        net.eval()
+        assert net.features[:-1](image).shape[-1] == 8  # denseblock2 at stride 8, as a DenseNet teacher's
+        assert net(image).shape == (1, 5)
+    with pytest.raises(ValueError, match="stem_kernel_size must be odd"):
+        Student(**arguments, stem_kernel_size=4)
+
+
 def test_teacher_loads_state_dict_bundle_checkpoint_and_torchscript(tmp_path):
     torch.manual_seed(0)
     net = Student(in_channels=1, out_channels=3, init_features=8, growth_rate=4, block_config=(1, 1)).eval()

@@ -5,15 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from monai.networks.nets import DenseNet, ResNet
+from torch import nn
 
 
 class Student(DenseNet):
     """A MONAI ``DenseNet`` with few, narrow layers: about 0.37 M parameters with the defaults (DenseNet121: 7 M).
 
     Its stages (``features.denseblock1`` ... ``features.denseblock4``) have the teacher's strides, so VID can pair
-    them with a DenseNet teacher's stages of the same names. ``configs/students/small.yaml`` builds one with 0.06 M
-    parameters: faster at batch 1, less accurate on the demo (docs/RESULTS.md, "A smaller student"); see also
-    ``ResNetStudent``.
+    them with a DenseNet teacher's stages of the same names. Faster at batch 1, each measured on the demo
+    (docs/RESULTS.md): ``configs/students/shallow.yaml`` (6 wider layers, ``bn_size`` 2, a 3 x 3 stem; 0.18 M
+    parameters), ``configs/students/small.yaml`` (0.06 M) and ``ResNetStudent``.
+
+    Args:
+        in_channels: image channels.
+        out_channels: classes.
+        init_features, growth_rate, block_config, dropout_prob, bn_size: MONAI ``DenseNet``'s.
+        stem_kernel_size: kernel of the stride-2 stem convolution, odd; MONAI's DenseNet fixes 7 (49/9 times the
+            multiply-adds of 3).
     """
 
     def __init__(
@@ -24,7 +32,12 @@ class Student(DenseNet):
         growth_rate: int = 16,
         block_config: Sequence[int] = (3, 6, 8, 4),
         dropout_prob: float = 0.0,
+        bn_size: int = 4,
+        stem_kernel_size: int = 7,
     ) -> None:
+        if stem_kernel_size < 1 or stem_kernel_size % 2 == 0:
+            # an even kernel with padding k // 2 would shift the stem's output grid by half a pixel
+            raise ValueError(f"Student stem_kernel_size must be odd and positive, got {stem_kernel_size}")
         super().__init__(
             spatial_dims=2,
             in_channels=in_channels,
@@ -33,7 +46,15 @@ class Student(DenseNet):
             growth_rate=growth_rate,
             block_config=tuple(block_config),
             dropout_prob=dropout_prob,
+            bn_size=bn_size,
         )
+        if stem_kernel_size != 7:
+            # MONAI's DenseNet has no argument for its stem's kernel: replace the 7 x 7 convolution, same stride 2
+            stem = nn.Conv2d(
+                in_channels, init_features, stem_kernel_size, stride=2, padding=stem_kernel_size // 2, bias=False
+            )
+            nn.init.kaiming_normal_(stem.weight)  # as DenseNet initialises its convolutions
+            self.features.conv0 = stem
 
 
 class ResNetStudent(ResNet):
