@@ -10,7 +10,8 @@
 #   5. summary.json collects the numbers.
 # Settings (environment): OUT (out/demo), SIZE (64 px), N_TEACHER (2000), TEACHER_EPOCHS (8), N_LABELED (100),
 #   N_UNLABELED (200), EPOCHS (20), SCRATCH_EPOCHS (30), STUDENT_INIT (1), SEED (0), EXTRA_ARGS (none; for the
-#   training and evaluation runs);
+#   training and evaluation runs), STUDENT_CONFIG (none: the default DenseNet student; an overlay of
+#   configs/students/, e.g. configs/students/resnet.yaml, added to every run that builds the student);
 #   SKIP_INSTALL=1 skips the pip installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,11 @@ EPOCHS=${EPOCHS:-20}
 SCRATCH_EPOCHS=${SCRATCH_EPOCHS:-30}
 STUDENT_INIT=${STUDENT_INIT:-1}
 SEED=${SEED:-0}
+STUDENT_CONFIG=${STUDENT_CONFIG:-}
+if [ -n "$STUDENT_CONFIG" ] && [ ! -f "$STUDENT_CONFIG" ]; then
+  echo "STUDENT_CONFIG=$STUDENT_CONFIG: no such file (the overlays are in configs/students/)" >&2
+  exit 2
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 
@@ -39,10 +45,14 @@ bundle() {
   if [ "$1" = inference ]; then extra=(); fi
   python -m monai.bundle run "$@" --image_size "$SIZE" --ckpt_dir "$OUT/models" --seed "$SEED" "${extra[@]}"
 }
-TRAIN="['configs/train.yaml']"
-EVAL="['configs/train.yaml','configs/evaluate.yaml']"
-SCRATCH="['configs/train.yaml','configs/baselines/scratch.yaml']"
-SCRATCH_EVAL="['configs/train.yaml','configs/baselines/scratch.yaml','configs/evaluate.yaml']"
+# the student overlay goes last in every config list that builds the student (it replaces `student`)
+OVERLAY=""
+if [ -n "$STUDENT_CONFIG" ]; then OVERLAY=",'$STUDENT_CONFIG'"; fi
+TRAIN="['configs/train.yaml'$OVERLAY]"
+EVAL="['configs/train.yaml','configs/evaluate.yaml'$OVERLAY]"
+SCRATCH="['configs/train.yaml','configs/baselines/scratch.yaml'$OVERLAY]"
+SCRATCH_EVAL="['configs/train.yaml','configs/baselines/scratch.yaml','configs/evaluate.yaml'$OVERLAY]"
+INFER="['configs/inference.yaml'$OVERLAY]"
 
 echo "== 1/7 demo data: central site (camera A, $N_TEACHER images) and branch hospital (camera B)"
 python scripts/make_demo_data.py --task fundus --out "$OUT/central_A" --n-train "$N_TEACHER" --n-val 300 \
@@ -89,10 +99,10 @@ items = json.loads((out / "branch_B" / "datalist.json").read_text())["test"][:12
 for item in items:
     shutil.copy(out / "branch_B" / item["image"], out / "inference_inputs")
 PY
-bundle inference --config_file configs/inference.yaml --dataset_dir "$OUT/branch_B" \
+bundle inference --config_file "$INFER" --dataset_dir "$OUT/branch_B" \
   --input_dir "$OUT/inference_inputs" --output_dir "$OUT/inference"
 
-python scripts/demo_summary.py --out "$OUT" --student-init "${INIT[1]:-}"
+python scripts/demo_summary.py --out "$OUT" --student-init "${INIT[1]:-}" --student-config "$STUDENT_CONFIG"
 echo
 echo "done in $(( $(date +%s) - START )) s. Where things are:"
 echo "  checkpoints:        $OUT/models/teacher.pt (teacher), $OUT/models/model.pt (explainer + student),"

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="the demo's output folder")
     parser.add_argument("--student-init", default="", help="the checkpoint the MED-TEX student started from, if any")
+    parser.add_argument("--student-config", default="", help="the student overlay of configs/students/, if any")
     args = parser.parse_args(argv)
     out = args.out
     teacher, student, scratch = (
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "pointing_game": student.get("pointing_game"),
         "pointing_game_chance": pointing_game_chance(out / "branch_B" / "datalist.json"),
         "student_init": args.student_init or None,
+        "student_config": args.student_config or None,
         "torch": torch.__version__,
     }
     summary["params_ratio"] = summary["student_params"] / summary["teacher_params"]

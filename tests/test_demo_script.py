@@ -44,3 +44,47 @@ def test_demo_script_at_toy_size(tmp_path):
 
     assert (out / "inference" / "predictions.csv").is_file()
     assert len(list((out / "inference").glob("*_overlay.png"))) == 12
+
+
+def _demo_commands(tmp_path: Path, student_config: str) -> subprocess.CompletedProcess:
+    """scripts/demo.sh with a stand-in ``python`` on PATH that only logs its arguments: the runs it would make."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "$DEMO_LOG"\n')
+    (fake / "python").chmod(0o755)
+    env = {
+        **os.environ,
+        **TOY,
+        "OUT": str(tmp_path / "demo"),
+        "PATH": f"{fake}:{os.environ['PATH']}",
+        "DEMO_LOG": str(tmp_path / "calls.log"),
+        "STUDENT_CONFIG": student_config,
+    }
+    return subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_demo_student_config_reaches_every_run_that_builds_the_student(tmp_path):
+    """``STUDENT_CONFIG=configs/students/resnet.yaml bash scripts/demo.sh``: the overlay is the last config file of
+    the central student, MED-TEX, scratch, their evaluations and inference, not of the teacher's training, and
+    summary.json records it."""
+    overlay = "configs/students/resnet.yaml"
+    result = _demo_commands(tmp_path, overlay)
+    assert result.returncode == 0, result.stderr
+    runs = [line for line in (tmp_path / "calls.log").read_text().splitlines() if line.startswith("-m monai.bundle")]
+    assert len(runs) == 8  # teacher, central student, MED-TEX, scratch, three evaluations, inference
+    with_overlay = [run for run in runs if f",'{overlay}']" in run]
+    assert len(with_overlay) == 7 and all("train_teacher.yaml" not in run for run in with_overlay)
+    assert any("configs/inference.yaml" in run for run in with_overlay)
+    summary = [line for line in (tmp_path / "calls.log").read_text().splitlines() if "demo_summary.py" in line]
+    assert summary and summary[0].endswith(f"--student-config {overlay}")
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert _demo_commands(plain, "").returncode == 0
+    assert "configs/students/" not in (plain / "calls.log").read_text()
+
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    refused = _demo_commands(missing, "configs/students/nope.yaml")
+    assert refused.returncode == 2 and "configs/students/nope.yaml: no such file" in refused.stderr
+    assert not (missing / "calls.log").exists()  # refused before any run
