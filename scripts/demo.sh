@@ -11,7 +11,8 @@
 # Settings (environment): OUT (out/demo), SIZE (64 px), N_TEACHER (2000), TEACHER_EPOCHS (8), N_LABELED (100),
 #   N_UNLABELED (200), EPOCHS (20), SCRATCH_EPOCHS (30), STUDENT_INIT (1), SEED (0), EXTRA_ARGS (none; for the
 #   training and evaluation runs), STUDENT_CONFIG (none: the default DenseNet student; an overlay of
-#   configs/students/, e.g. configs/students/resnet.yaml, added to every run that builds the student);
+#   configs/students/ as a path from the bundle's root, e.g. configs/students/resnet.yaml, added to every run
+#   that builds the student);
 #   SKIP_INSTALL=1 skips the pip installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
