@@ -12,7 +12,7 @@ from monai.networks.nets import DenseNet121
 from torch import nn
 
 from bundle.losses import KDLoss, MaskPrior, MedTexLoss, VIDLoss
-from bundle.networks import Explainer, FeatureRecorder, FrozenTeacher, MedTex, Student
+from bundle.networks import Explainer, FeatureRecorder, FrozenTeacher, MedTex, ResNetStudent, Student
 from bundle.networks.teacher import count_parameters, load_weights, native_bf16
 
 
@@ -197,6 +197,8 @@ def test_student_stem_kernel_and_bottleneck_width_change_only_what_they_name():
         assert net(image).shape == (1, 5)
     with pytest.raises(ValueError, match="stem_kernel_size must be odd"):
         Student(**arguments, stem_kernel_size=4)
+    with pytest.raises(ValueError, match="ResNetStudent stem_kernel_size must be odd"):
+        ResNetStudent(stem_kernel_size=4)
 
 
 def test_teacher_loads_state_dict_bundle_checkpoint_and_torchscript(tmp_path):

@@ -35,9 +35,7 @@ class Student(DenseNet):
         bn_size: int = 4,
         stem_kernel_size: int = 7,
     ) -> None:
-        if stem_kernel_size < 1 or stem_kernel_size % 2 == 0:
-            # an even kernel with padding k // 2 would shift the stem's output grid by half a pixel
-            raise ValueError(f"Student stem_kernel_size must be odd and positive, got {stem_kernel_size}")
+        _check_stem_kernel("Student", stem_kernel_size)
         super().__init__(
             spatial_dims=2,
             in_channels=in_channels,
@@ -75,7 +73,7 @@ class ResNetStudent(ResNet):
         out_channels: classes.
         layers: basic blocks per stage.
         widths: channels of the four stages.
-        stem_kernel_size: kernel of the stem's stride-2 convolution (MONAI's default is 7).
+        stem_kernel_size: kernel of the stem's stride-2 convolution, odd (MONAI's default is 7).
     """
 
     def __init__(
@@ -88,6 +86,7 @@ class ResNetStudent(ResNet):
     ) -> None:
         if len(layers) != 4 or len(widths) != 4:
             raise ValueError(f"ResNetStudent needs four stages: layers {list(layers)}, widths {list(widths)}")
+        _check_stem_kernel("ResNetStudent", stem_kernel_size)
         super().__init__(
             block="basic",
             layers=list(layers),
@@ -98,3 +97,10 @@ class ResNetStudent(ResNet):
             conv1_t_stride=2,
             num_classes=out_channels,
         )
+
+
+def _check_stem_kernel(network: str, kernel_size: int) -> None:
+    """Both students pad their stride-2 stem by ``kernel_size // 2``: an even kernel would shift the stem's output
+    grid by half a pixel, so it is refused."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"{network} stem_kernel_size must be odd and positive, got {kernel_size}")
