@@ -74,6 +74,9 @@ from bundle.networks.features import FeatureRecorder  # noqa: E402
 from bundle.networks.teacher import FrozenTeacher, count_parameters, native_bf16  # noqa: E402
 
 CONFIG = ROOT / "configs" / "train.yaml"
+TEACHER_CONFIG = ROOT / "configs" / "train_teacher.yaml"  # training the teacher itself: images/s beside MED-TEX's
+# keys of configs/train.yaml that configs/train_teacher.yaml does not have (no teacher to load, no explainer)
+MEDTEX_ONLY_KEYS = ("teacher_ckpt", "explainer_scale", "explainer_scale_mode")
 POSTHOC = ("gradcam", "gradcampp", "smoothgrad", "occlusion")
 PER_IMAGE = ("smoothgrad", "occlusion")  # MONAI runs these one image at a time: timed on fewer images
 MODEL_NAMES = {"explainer": "explainer (mask only)", "medtex": "explainer + student (explain)"}
@@ -359,12 +362,17 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def load_config(
-    settings: Settings, work: Path, teacher_ckpt: Path, name: str, overlay: str | None = None
+    settings: Settings,
+    work: Path,
+    teacher_ckpt: Path,
+    name: str,
+    overlay: str | None = None,
+    config: Path = CONFIG,
 ) -> ConfigParser:
-    """configs/train.yaml (then ``overlay``, a config file merged over it) with this run's data, sizes, device and
-    temporary output folders."""
+    """``config`` (configs/train.yaml; then ``overlay``, a config file merged over it) with this run's data, sizes,
+    device and temporary output folders."""
     parser = ConfigParser()
-    parser.read_config([str(CONFIG), overlay] if overlay else str(CONFIG))
+    parser.read_config([str(config), overlay] if overlay else str(config))
     device = "cuda:0" if settings.device == "cuda" else "cpu"
     overrides: dict[str, Any] = {
         "bundle_root": str(ROOT),
@@ -383,6 +391,9 @@ def load_config(
     }
     if "preflight" in parser.get(""):  # the datalist check: the benchmark's demo splits lack classes by design
         overrides["preflight"] = False
+    if config != CONFIG:
+        for key in MEDTEX_ONLY_KEYS:
+            del overrides[key]
     for key, value in overrides.items():
         parser[key] = value
     return parser
@@ -725,6 +736,70 @@ def bench_compiled_training(
     return result
 
 
+def bench_training_precision(settings: Settings, work: Path, teacher_ckpt: Path) -> dict[str, Any]:
+    """Training images per second of the teacher (configs/train_teacher.yaml: what the central site pays) and of
+    MED-TEX (configs/train.yaml: what the branch pays). On CUDA twice: ``"amp"``, the configs' defaults there (``amp``
+    on, the frozen teacher's passes ``teacher_bf16: auto``), against ``"fp32"`` (``amp`` off, the teacher's passes in
+    fp32 too). Elsewhere once, ``"default"``: the configs' defaults (MONAI's ``amp`` autocasts on CUDA only; the
+    frozen teacher's passes run in bfloat16 where the CPU has it natively).
+
+    Per workflow, one trainer per precision, built from the same seed and fed the same batches from that workflow's
+    own loader (its augmentation included), their iterations interleaved (fp32, then AMP, on each batch) so that both
+    see the same machine load; iterations are the trainers' own (``_iteration``), without the engine's events.
+    Peak memory: one more iteration per precision after the timed ones.
+    """
+    device = torch.device("cuda:0" if settings.device == "cuda" else "cpu")
+    precisions = ("fp32", "amp") if device.type == "cuda" else ("default",)
+    results: dict[str, Any] = {"precisions": list(precisions), "batch_size": settings.batch_size}
+
+    def iteration(trainer: Any, batch: dict[str, torch.Tensor]) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        trainer._iteration(trainer, batch)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    for workflow, config in (("teacher", TEACHER_CONFIG), ("medtex", CONFIG)):
+        trainers = {}
+        for precision in precisions:
+            parser = load_config(settings, work, teacher_ckpt, f"{workflow}_{precision}", config=config)
+            if precision == "fp32":
+                parser["amp"] = False
+                if "teacher_bf16" in parser.get(""):
+                    parser["teacher_bf16"] = False  # "auto" runs the frozen teacher in bfloat16 on recent GPUs
+            parser["cache_rate"] = 0.0  # a few batches are drawn: caching the whole epoch first would only wait
+            torch.manual_seed(0)
+            trainers[precision] = parser.get_parsed_content("train#trainer")
+        batches = training_batches(settings, parser)
+
+        seconds: dict[str, list[float]] = {precision: [] for precision in precisions}
+        for batch in batches:
+            for precision, trainer in trainers.items():
+                seconds[precision].append(iteration(trainer, batch))
+        record: dict[str, Any] = {}
+        for precision, trainer in trainers.items():
+            median = statistics.median(seconds[precision][settings.warmup :])
+            memory = PeakMemory(device)
+            memory.reset()
+            iteration(trainer, batches[0])
+            record[precision] = {
+                "seconds_per_iteration": median,
+                "images_per_second": settings.batch_size / median,
+                "seconds_all": seconds[precision],
+                "amp": bool(trainer.amp),
+                "memory": memory.read(),
+            }
+            if workflow == "medtex":
+                record[precision]["teacher_bf16"] = trainer.teacher.computes_in_bf16(device.type)
+        if "amp" in record:
+            record["amp_speedup"] = record["amp"]["images_per_second"] / record["fp32"]["images_per_second"]
+        say(f"{workflow} training: " + ", ".join(f"{p} {record[p]['images_per_second']:.3g} images/s" for p in record))
+        results[workflow] = record
+        del trainers, parser, batches
+        gc.collect()
+    return results
+
+
 def bench_data_loading(settings: Settings, parser: ConfigParser, work: Path) -> dict[str, Any]:
     """Decoding (PNG, DICOM), the training transforms uncached and cached, and the cached training loader."""
     dataset = parser.get_parsed_content("train#dataset")
@@ -1063,6 +1138,58 @@ def other_student_markdown(results: dict[str, Any], other: dict[str, Any]) -> li
     return lines
 
 
+def training_throughput_markdown(record: dict[str, Any] | None) -> list[str]:
+    """The section on training images per second, teacher and MED-TEX, with AMP against fp32 on CUDA; none for JSON
+    files written before it."""
+    if not record:
+        return []
+    names = {"teacher": "teacher (configs/train_teacher.yaml)", "medtex": "MED-TEX (configs/train.yaml)"}
+    amp = "amp" in record["precisions"]
+    if amp:
+        header = ["training", "AMP images/s", "fp32 images/s", "AMP speedup", "AMP peak MiB", "fp32 peak MiB"]
+        rows = [
+            (
+                name,
+                record[w]["amp"]["images_per_second"],
+                record[w]["fp32"]["images_per_second"],
+                record[w]["amp_speedup"],
+                record[w]["amp"]["memory"]["peak_mib"],
+                record[w]["fp32"]["memory"]["peak_mib"],
+            )
+            for w, name in names.items()
+        ]
+    else:
+        header = ["training", "images/s", "peak MiB"]
+        rows = [
+            (name, record[w]["default"]["images_per_second"], record[w]["default"]["memory"]["peak_mib"])
+            for w, name in names.items()
+        ]
+    shown = "amp" if amp else "default"  # the configs' defaults on this device
+    precision_name = "AMP" if amp else "the configs' defaults"
+    ratio = record["medtex"][shown]["images_per_second"] / record["teacher"][shown]["images_per_second"]
+    lines = ["## Training images per second: the teacher's training and MED-TEX's", ""]
+    lines += table(header, rows)
+    lines += [
+        f"Batch {record['batch_size']} at {record['image_size']} px, each workflow's own trainer and loader"
+        " (augmentation included, data loading excluded): the teacher trains DenseNet121 on labelled images; a"
+        " MED-TEX iteration runs the frozen teacher twice (clean and masked image) and trains the explainer and the"
+        f" student. MED-TEX training moves {number(ratio)}x the images per second of the teacher's"
+        f" ({precision_name}). "
+        + (
+            "AMP: the configs' defaults on CUDA (`amp` on, `teacher_bf16: auto`); fp32: `amp` off and the frozen"
+            " teacher's passes in fp32 (`teacher_bf16: false`). Per workflow the two trainers start from the same"
+            " seed and see the same batches, their iterations interleaved."
+            if amp
+            else "AMP is CUDA only (MONAI's autocast; the configs turn `amp` on where CUDA is available), so this run"
+            " has the configs' defaults only: fp32, the frozen teacher's passes in MED-TEX in bfloat16:"
+            f" {yes_no(record['medtex']['default']['teacher_bf16'])}."
+        )
+        + f" Medians after the warm-up; peak memory: {record['teacher'][shown]['memory']['what']}, one iteration.",
+        "",
+    ]
+    return lines
+
+
 def write_markdown(path: Path, results: dict[str, Any]) -> None:
     s, m = results["settings"], results["machine"]
     sal, inf, train, data = results["saliency_details"], results["inference"], results["training"], results["loading"]
@@ -1327,6 +1454,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
             f" iteration's losses differ by at most {ctrain['max_loss_difference']:.1e}. Same run and machine.",
             "",
         ]
+    lines += training_throughput_markdown(results.get("training_throughput"))
     lines += [
         "## Data loading",
         "",
@@ -1440,11 +1568,16 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     say("training with precomputed teacher outputs")
     precomputed = bench_precomputed_teacher(settings, parser, batches)
     precomputed_kd = bench_precomputed_teacher(settings, parser, batches, fidelity=False)
+    del parser
+    gc.collect()
+    say(
+        "training images per second: the teacher's own training and MED-TEX's"
+        + (", AMP and fp32" if device.type == "cuda" else "")
+    )
+    training_precision = bench_training_precision(settings, work, teacher_ckpt)
     compiled_training = None
     if settings.compile:
         say("training under torch.compile")
-        del parser
-        gc.collect()
         compiled_training = bench_compiled_training(settings, work, teacher_ckpt, batches)
 
     # what every figure was measured with (the machine is recorded once, in "machine")
@@ -1485,6 +1618,8 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     )
     results["precompute_teacher_without_fidelity"] = precomputed_kd
     results["loader_headroom"] = loading["loader_images_per_second"] / training["engine_images_per_second"]
+    training_precision.update(context)
+    results["training_throughput"] = training_precision
     results["loading"] = loading
     results["memory"] = {
         "training_peak_mib": training["memory"]["peak_mib"],

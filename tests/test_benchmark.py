@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ SECTIONS = (
     "## Training: engine overhead",
     "### Precomputed teacher outputs",
     "### Option: `torch.compile` for training",
+    "## Training images per second: the teacher's training and MED-TEX's",
     "## Data loading",
     "## Memory",
 )
@@ -152,6 +154,49 @@ def test_ratios_are_ratios_of_the_reported_measurements(report):
         assert results[f"precompute_teacher_speedup{suffix}"] == pytest.approx(online / cached, rel=1e-9)
     assert results["precompute_teacher"]["fidelity_pass_kept"]  # the config's fidelity term stays in that run
     assert not results["precompute_teacher_without_fidelity"]["fidelity_pass_kept"]
+
+
+def test_training_throughput_of_teacher_and_medtex_in_the_configs_precision(report):
+    """Without CUDA one precision, the configs' defaults (AMP is CUDA only); images/s is the batch over the median of
+    the iterations after the warm-up, each workflow timed on its own batches."""
+    results, markdown = report
+    record = results["training_throughput"]
+    assert record["precisions"] == ["default"] and record["batch_size"] == 2 and record["image_size"] == 32
+    for workflow in ("teacher", "medtex"):
+        figures = record[workflow]["default"]
+        assert len(figures["seconds_all"]) == 3 and all(positive(t) for t in figures["seconds_all"])
+        after_warmup = figures["seconds_all"][results["settings"]["warmup"] :]
+        assert figures["seconds_per_iteration"] == pytest.approx(statistics.median(after_warmup), rel=1e-9)
+        assert figures["images_per_second"] == pytest.approx(2 / figures["seconds_per_iteration"], rel=1e-9)
+        assert figures["amp"] is False and positive(figures["memory"]["peak_mib"])
+        assert "amp_speedup" not in record[workflow]
+    # MED-TEX's frozen teacher runs in bfloat16 where the CPU has it natively (teacher_bf16: auto)
+    assert record["medtex"]["default"]["teacher_bf16"] == results["machine"]["bf16_native"]
+    teacher_rate = benchmark.number(record["teacher"]["default"]["images_per_second"])
+    assert f"| teacher (configs/train_teacher.yaml) | {teacher_rate} |" in markdown
+    assert "AMP is CUDA only" in markdown
+
+
+def test_training_throughput_section_on_cuda_puts_amp_beside_fp32():
+    """The section's layout for a CUDA run (AMP against fp32), from a made-up record: the CI machine has no GPU."""
+
+    def figures(rate: float, mib: float) -> dict[str, Any]:
+        return {"images_per_second": rate, "memory": {"peak_mib": mib, "what": "torch.cuda.max_memory_allocated"}}
+
+    record = {
+        "precisions": ["fp32", "amp"],
+        "batch_size": 32,
+        "image_size": 224,
+        "teacher": {"fp32": figures(100.0, 9000.0), "amp": figures(250.0, 5000.0), "amp_speedup": 2.5},
+        "medtex": {"fp32": figures(80.0, 7000.0), "amp": figures(160.0, 4000.0), "amp_speedup": 2.0},
+    }
+    lines = benchmark.training_throughput_markdown(record)
+    text = "\n".join(lines)
+    assert "| training | AMP images/s | fp32 images/s | AMP speedup | AMP peak MiB | fp32 peak MiB |" in text
+    assert "| teacher (configs/train_teacher.yaml) | 250 | 100 | 2.5 | 5,000 | 9,000 |" in text
+    assert "| MED-TEX (configs/train.yaml) | 160 | 80 | 2 | 4,000 | 7,000 |" in text
+    assert "MED-TEX training moves 0.64x the images per second of the teacher's (AMP)" in text
+    assert benchmark.training_throughput_markdown(None) == []  # JSON files from before the section
 
 
 def test_machine_settings_and_targets_are_recorded(report):

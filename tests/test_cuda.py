@@ -4,6 +4,7 @@ it last ran there and what it found."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,22 @@ def test_ddp_training_with_nccl(data, teacher_ckpt, tmp_path, monkeypatch):
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_benchmark_times_training_with_amp_beside_fp32(tmp_path):
+    """scripts/benchmark.py on the GPU (issue 5, item 3): teacher and MED-TEX training images/s, AMP against fp32."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark
+
+    argv = ["--quick", "--device", "cuda", "--image-size", "64", "--batch-size", "4", "--repeats", "2"]
+    argv += ["--num-workers", "0", "--json", str(tmp_path / "benchmark.json"), "--md", str(tmp_path / "benchmark.md")]
+    assert benchmark.main(argv) == 0
+    record = json.loads((tmp_path / "benchmark.json").read_text())["training_throughput"]
+    assert record["precisions"] == ["fp32", "amp"]
+    for workflow in ("teacher", "medtex"):
+        fp32, amp = record[workflow]["fp32"], record[workflow]["amp"]
+        assert fp32["amp"] is False and amp["amp"] is True
+        ratio = amp["images_per_second"] / fp32["images_per_second"]
+        assert record[workflow]["amp_speedup"] == pytest.approx(ratio, rel=1e-9)
+    assert record["medtex"]["fp32"]["teacher_bf16"] is False  # fp32 means the frozen teacher's passes too
+    assert "| training | AMP images/s | fp32 images/s |" in (tmp_path / "benchmark.md").read_text()
