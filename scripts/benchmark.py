@@ -13,7 +13,9 @@ on the weights), the explainer + student (``network``), the loss, the training d
 - inference: latency at batch 1 and throughput at ``--batch-size`` of the teacher and of explainer + student
   (``explain``: logits and mask in one pass), their calls in turn, fp32, ``torch.inference_mode``;
 - training: one MED-TEX iteration through the bundle's Ignite engine against a hand-written PyTorch loop doing the
-  same computation on the same pre-built batches (data loading excluded from both);
+  same computation on the same pre-built batches (data loading excluded from both); and training images/s of the
+  teacher (``configs/train_teacher.yaml``) beside MED-TEX's, each with its own trainer and loader, on CUDA with AMP
+  against fp32;
 - data loading: the cached training loader (the config's CacheDataset + DataLoader, augmentation included) against
   what one training iteration consumes, and decoding from PNG and DICOM, uncached and cached;
 - peak memory of training and inference (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS);
