@@ -795,7 +795,10 @@ def bench_training_precision(settings: Settings, work: Path, teacher_ckpt: Path)
                 record[precision]["teacher_bf16"] = trainer.teacher.computes_in_bf16(device.type)
         if "amp" in record:
             record["amp_speedup"] = record["amp"]["images_per_second"] / record["fp32"]["images_per_second"]
-        say(f"{workflow} training: " + ", ".join(f"{p} {record[p]['images_per_second']:.3g} images/s" for p in record))
+        say(
+            f"{workflow} training: "
+            + ", ".join(f"{p} {record[p]['images_per_second']:.3g} images/s" for p in precisions)
+        )
         results[workflow] = record
         del trainers, parser, batches
         gc.collect()
