@@ -125,6 +125,12 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
         if loss_function.needs_teacher and teacher is None:
             raise ValueError("the loss has KD or VID weights > 0 but no teacher was given")
         self.teacher = teacher.to(device) if teacher is not None and loss_function.needs_teacher else None
+        if self.teacher is not None and not getattr(self.teacher, "differentiable", True):
+            if loss_function.weights["fidelity"] > 0:
+                raise ValueError(
+                    "fidelity_weight > 0 needs gradients through the teacher, and an ONNX teacher has none: set "
+                    "fidelity_weight: 0 (KD only) or give the teacher as a state dict or TorchScript"
+                )
         use_vid = loss_function.weights["vid"] > 0
         if use_vid and self.teacher is not None and self.teacher.recorder is None:
             raise ValueError("vid_weight > 0 needs teacher feature_layers")

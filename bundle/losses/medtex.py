@@ -27,8 +27,13 @@ class MedTexLoss(nn.Module):
             the frozen teacher cannot adapt, so this term makes the mask keep what the teacher itself uses
             (the preservation objective of real-time saliency, Dabkowski and Gal 2017).
         temperature: KD temperature tau.
-        vid: the VID module (regressors and variances) when ``vid_weight > 0``.
+        vid: the VID module (regressors and variances) when ``vid_weight > 0``; one without layer pairs (a teacher
+            whose layers cannot be hooked) switches VID off.
         mask_prior: the mask prior R when ``mask_weight > 0``.
+        teacher_classes: the local classes the teacher's logits cover, in their order (``LabelMap.covered`` of a
+            teacher from elsewhere); KD compares the student's logits of these classes only (for a multi-class task a
+            softmax over them), CE still counts every class. ``None``: the teacher covers every class.
+        num_classes: the local task's classes, to check ``teacher_classes`` against (and name what is missing).
     """
 
     def __init__(
@@ -42,8 +47,12 @@ class MedTexLoss(nn.Module):
         fidelity_weight: float = 0.0,
         vid: Optional[VIDLoss] = None,
         mask_prior: Optional[MaskPrior] = None,
+        teacher_classes: Optional[Sequence[int]] = None,
+        num_classes: Optional[int] = None,
     ) -> None:
         super().__init__()
+        if vid is not None and len(vid.regressors) == 0:
+            vid_weight, vid = 0.0, None  # nothing to pair (bundle.networks.teacher.teacher_vid_layers said why)
         if vid_weight > 0 and vid is None:
             raise ValueError("vid_weight > 0 needs a VIDLoss ('vid')")
         if mask_weight > 0 and mask_prior is None:
@@ -55,11 +64,31 @@ class MedTexLoss(nn.Module):
             "mask": mask_weight,
             "fidelity": fidelity_weight,
         }
+        self.teacher_classes = self._check_teacher_classes(teacher_classes, num_classes, ce_weight, kd_weight)
         self.ce = ClassificationLoss(task)
         self.kd = KDLoss(task, temperature)
         self.fidelity = KDLoss(task, 1.0)
         self.vid = vid
         self.mask_prior = mask_prior
+
+    @staticmethod
+    def _check_teacher_classes(
+        classes: Optional[Sequence[int]], num_classes: Optional[int], ce_weight: float, kd_weight: float
+    ) -> Optional[list[int]]:
+        if classes is None or (num_classes is not None and list(classes) == list(range(num_classes))):
+            return None
+        classes = [int(c) for c in classes]
+        if num_classes is not None:
+            if any(not 0 <= c < num_classes for c in classes) or len(set(classes)) != len(classes):
+                raise ValueError(f"teacher_classes {classes} are not distinct classes of the {num_classes}")
+            lacking = sorted(set(range(num_classes)) - set(classes))
+            if lacking and kd_weight > 0 and ce_weight <= 0:
+                raise ValueError(
+                    f"the teacher covers no output for local classes {lacking} (label_map) and ce_weight is 0: "
+                    "only KD would train the student, which would never learn them; map them in label_map or "
+                    "set ce_weight > 0"
+                )
+        return classes
 
     @property
     def needs_teacher(self) -> bool:
@@ -85,7 +114,7 @@ class MedTexLoss(nn.Module):
         if self.weights["kd"] > 0:
             if teacher_logits is None:
                 raise ValueError("kd_weight > 0 but no teacher logits were given")
-            terms["kd"] = self.kd(student_logits, teacher_logits)
+            terms["kd"] = self.kd(self._covered(student_logits), teacher_logits)
         if self.weights["vid"] > 0 and self.vid is not None:
             terms["vid"] = self.vid(student_features, teacher_features)
         if self.weights["mask"] > 0 and self.mask_prior is not None and mask is not None:
@@ -96,3 +125,9 @@ class MedTexLoss(nn.Module):
             terms["fidelity"] = self.fidelity(teacher_masked_logits, teacher_logits)
         terms["loss"] = sum(self.weights[name] * terms[name] for name in self.weights)
         return terms
+
+    def _covered(self, student_logits: torch.Tensor) -> torch.Tensor:
+        """The student's logits of the classes the teacher's logits cover, in the same order."""
+        if self.teacher_classes is None:
+            return student_logits
+        return student_logits[:, self.teacher_classes]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,11 +15,16 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from bundle.networks.features import FeatureRecorder
+from bundle.networks.contract import TeacherContract
+from bundle.networks.features import FeatureRecorder, match_feature_layers
 
+logger = logging.getLogger(__name__)
 TEACHER_COMMAND = "python -m monai.bundle run training --config_file configs/train_teacher.yaml --dataset_dir DIR"
+CONVERT_COMMAND = "python scripts/convert_teacher.py --input MODEL_FILE --output STATE_DICT.pt"
 # keys under which MONAI's CheckpointSaver (several objects) and other trainers store the network's weights
 _WEIGHT_KEYS = ("model", "network", "state_dict", "model_state_dict", "net")
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
+KeyMap = Sequence[Sequence[str]]
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:
@@ -28,27 +35,84 @@ def is_torchscript(path: str | os.PathLike) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def is_onnx(path: str | os.PathLike) -> bool:
+    """ONNX files by their suffix (protobuf has no magic number)."""
+    return str(path).lower().endswith(".onnx")
+
+
+def load_weights(path: str | os.PathLike, weights_key: Optional[str] = None) -> dict[str, torch.Tensor]:
     """Read a state dict saved directly or inside a checkpoint dict, with ``weights_only=True`` (no code runs).
 
-    A file that pickles anything but tensors and plain containers (which could run code when unpickled) is refused
-    with a ``ValueError`` naming the file, instead of torch's long unpickling message.
+    ``weights_key``: where the weights are in a checkpoint dict, dots for nesting (``"state_dict"``,
+    ``"ema.model"``); by default a dict of tensors is the state dict, else the first of ``model``, ``network``,
+    ``state_dict``, ``model_state_dict``, ``net`` holding one. Keys are returned as saved (``teacher_state`` adapts
+    another library's to the configured network). A file that pickles anything but tensors and plain containers
+    (which could run code when unpickled) is refused with a ``ValueError`` naming the file and the command that
+    converts it, instead of torch's unpickling message.
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
-            f"{path}: refused: it holds pickled Python objects, not only weights, and loading it could run code. "
-            "Save a plain state dict (torch.save(model.state_dict(), path)) from a source you trust."
+            f"{path}: refused: it holds pickled Python objects (a whole model?), not only weights, and loading it "
+            "could run code. Convert it once to a plain state dict in the environment of the library that made it, "
+            f"on a file you trust: {CONVERT_COMMAND} (or torch.save(model.state_dict(), path) yourself)."
         ) from e
-    if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if weights_key:
+        for part in weights_key.split("."):
+            if not isinstance(state, dict) or part not in state:
+                raise ValueError(
+                    f"{path}: no {part!r} in the checkpoint (config value teacher_weights_key {weights_key!r})"
+                )
+            state = state[part]
+    elif isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
         for key in _WEIGHT_KEYS:
             if key in state and isinstance(state[key], dict):
-                return state[key]
-        raise ValueError(f"{path}: a checkpoint dict without network weights under any of {_WEIGHT_KEYS}")
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+                state = state[key]
+                break
+        else:
+            raise ValueError(
+                f"{path}: a checkpoint dict without network weights under any of {_WEIGHT_KEYS}; its keys: "
+                f"{list(state)[:10]} (set teacher_weights_key)"
+            )
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict (names -> tensors), got {type(state).__name__}")
     return state
+
+
+def teacher_state(
+    path: str | os.PathLike, weights_key: Optional[str] = None, key_map: KeyMap = ()
+) -> dict[str, torch.Tensor]:
+    """``load_weights`` with the keys made the configured network's: a ``module.`` (DataParallel/DDP) or
+    ``_orig_mod.`` (``torch.compile``) prefix on every key is removed, then each ``[pattern, replacement]`` of
+    ``key_map`` (config ``teacher_key_map``: legacy or another library's layer names) is applied with ``re.sub``;
+    a key that becomes ``""`` is dropped."""
+    state = load_weights(path, weights_key)
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return map_keys(state, key_map)
+
+
+def map_keys(state: dict[str, torch.Tensor], key_map: KeyMap) -> dict[str, torch.Tensor]:
+    """``state`` with each ``[pattern, replacement]`` of ``key_map`` applied to every key in turn (``re.sub``)."""
+    rules = []
+    for rule in key_map:
+        if len(rule) != 2:
+            raise ValueError(f"teacher_key_map: each rule is [pattern, replacement], got {rule!r}")
+        rules.append((re.compile(rule[0]), rule[1]))
+    if not rules:
+        return state
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            key = pattern.sub(replacement, key)
+        if not key:
+            continue
+        if key in mapped:
+            raise ValueError(f"teacher_key_map: two weights become {key!r}")
+        mapped[key] = value
+    return mapped
 
 
 def require_teacher_checkpoint(path: str | os.PathLike) -> None:
@@ -71,14 +135,23 @@ def _missing_teacher_message(path: Path) -> str:
 class FrozenTeacher(nn.Module):
     """A pretrained classifier with frozen weights, always in eval mode, returning logits and named features.
 
+    With a ``contract`` (``bundle.networks.contract.resolve_teacher_contract``; docs/TEACHERS.md) the teacher may be
+    one trained elsewhere: it gets its own view of the bundle's image (channels, size, value range, normalisation)
+    inside the graph, and its outputs (logits, probabilities or calibrated scores, in its own label set) come back as
+    logits over the local classes it covers (``contract.labels.covered``). Without one, its input is the student's
+    and its logits are the local task's.
+
     Args:
-        checkpoint: a state dict file, a MONAI bundle checkpoint (weights under ``model`` or ``network``) or a
-            TorchScript file.
-        network: the architecture for state dicts and checkpoints (ignored for TorchScript).
+        checkpoint: a state dict file, a MONAI bundle checkpoint (weights under ``model`` or ``network``), a
+            TorchScript file or an ONNX file (``.onnx``, run by onnxruntime: no gradients, so KD only).
+        network: the architecture for state dicts (ignored for TorchScript and ONNX).
         feature_layers: names of layers (from ``named_modules()``) whose outputs feed VID; recorded by forward
             hooks during the same forward pass that gives the logits.
         bf16: run the teacher's passes under bfloat16 autocast (outputs stay float32): ``True``, ``False``, or
             ``"auto"`` (where the device has native bfloat16, ``native_bf16``).
+        contract: the teacher's input and output contract and label map (``None``: the student's).
+        weights_key, key_map: where the weights are in the file and how its keys become ``network``'s
+            (``teacher_state``; config ``teacher_weights_key``, ``teacher_key_map``).
     """
 
     def __init__(
@@ -87,6 +160,9 @@ class FrozenTeacher(nn.Module):
         network: Optional[nn.Module] = None,
         feature_layers: Sequence[str] = (),
         bf16: bool | str = "auto",
+        contract: Optional[TeacherContract] = None,
+        weights_key: Optional[str] = None,
+        key_map: KeyMap = (),
     ) -> None:
         super().__init__()
         if bf16 not in (True, False, "auto"):
@@ -95,36 +171,72 @@ class FrozenTeacher(nn.Module):
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(_missing_teacher_message(path))
+        self.differentiable = True
         if is_torchscript(path):
             self.network: nn.Module = torch.jit.load(str(path), map_location="cpu")
+        elif is_onnx(path):
+            self.network = OnnxNetwork(path)
+            self.differentiable = False
         else:
             if network is None:
-                raise ValueError(f"{path}: a state dict needs the teacher's architecture ('network') to load into")
-            try:
-                network.load_state_dict(load_weights(path))
-            except RuntimeError as e:
-                raise ValueError(f"{path}: weights do not fit the configured teacher network: {e}") from e
+                raise ValueError(
+                    f"{path}: a state dict needs the teacher's architecture (config value teacher_def) to load into"
+                )
+            _load_into(network, teacher_state(path, weights_key, key_map), path)
+            _no_inplace_activations(network)
             self.network = network
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)
         self.network.eval()
+        self.contract = contract
+        self.input_view: nn.Module = contract.input_adapter() if contract is not None else nn.Identity()
+        self.to_local: nn.Module = contract.output_adapter() if contract is not None else nn.Identity()
+        if contract is not None:
+            self._check_contract(path, contract)
+        if feature_layers and not self.hookable:
+            raise ValueError(f"{path}: a {type(self.network).__name__} teacher has no layers to hook for VID")
         self.recorder = FeatureRecorder(self.network, feature_layers) if feature_layers else None
+
+    @property
+    def hookable(self) -> bool:
+        """Whether VID can read this teacher's layers (not inside a TorchScript or ONNX file)."""
+        return not isinstance(self.network, (torch.jit.ScriptModule, OnnxNetwork))
+
+    def _check_contract(self, path: Path, contract: TeacherContract) -> None:
+        """One pass on zeros of the declared input shape: the teacher must take it and give one output per name."""
+        shape = (1, *contract.input_shape)
+        try:
+            with torch.no_grad():
+                outputs = self.network(torch.zeros(shape))
+        except Exception as e:  # any failure: the declared input does not fit the model
+            raise ValueError(_input_mismatch(path, shape, e)) from e
+        if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] != len(contract.names):
+            got = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+            raise ValueError(
+                f"{path}: the teacher returns {got} for a {shape} input, not one value per output name "
+                f"({len(contract.names)} in teacher_output_names)"
+            )
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         """Stay in eval mode: batch-norm statistics and dropout of a frozen teacher never change."""
         return super().train(False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits ``(B, num_classes)`` and the configured layers' outputs, from one forward pass."""
+        """Logits over the (covered) local classes ``(B, C)`` and the configured layers' outputs, from one pass.
+
+        ``image`` is the bundle's normalised image; the teacher's own view of it is made here in float32, before
+        the bfloat16 region, so that a wide input range (torchxrayvision's +-1024) keeps its precision.
+        """
+        view = self.input_view(image)
         low_precision = self.computes_in_bf16(image.device.type)
         # a frozen teacher only supplies targets: bfloat16 rounds them slightly and makes its passes faster where the
         # hardware has bfloat16 units (docs/RESULTS.md, "Speed")
         with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=low_precision):
-            logits = self.network(image)
+            logits = self.network(view)
         features = self.recorder.features if self.recorder is not None else []
         if low_precision:
             logits, features = logits.float(), [f.float() for f in features]
-        return logits, features
+        return self.to_local(logits), features
 
     def computes_in_bf16(self, device_type: str) -> bool:
         """Whether the passes run under bfloat16 autocast on this kind of device (``bf16`` true, or auto and native)."""
@@ -132,6 +244,92 @@ class FrozenTeacher(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
+
+
+def teacher_vid_layers(
+    checkpoint: str | os.PathLike,
+    network: Optional[nn.Module],
+    layers: Sequence[str] | str,
+    teacher_input_shape: Sequence[int],
+    student: nn.Module,
+    student_layers: Sequence[str],
+    student_input_shape: Sequence[int],
+) -> list[str]:
+    """The teacher layers VID pairs with ``student_layers``: ``layers`` as configured (config
+    ``teacher_feature_layers``), or ``"auto"``: matched by output stride (``match_feature_layers``), the pairs logged.
+    ``[]``, with one log line, for a teacher whose layers cannot be hooked (TorchScript, ONNX, no ``teacher_def``):
+    VID is then off (``bundle.losses.MedTexLoss``)."""
+    if network is None or is_torchscript(checkpoint) or is_onnx(checkpoint):
+        kind = "ONNX" if is_onnx(checkpoint) else "TorchScript" if is_torchscript(checkpoint) else "architecture-less"
+        logger.info(f"VID off: the {kind} teacher {checkpoint} has no layers to hook (KD and fidelity still run)")
+        return []
+    if isinstance(layers, str):
+        if layers != "auto":
+            raise ValueError(f"teacher_feature_layers: a list of layer names or 'auto', not {layers!r}")
+        try:
+            chosen = match_feature_layers(network, teacher_input_shape, student, student_layers, student_input_shape)
+        except RuntimeError as e:  # the probe pass failed: the declared input does not fit the network
+            raise ValueError(_input_mismatch(checkpoint, (1, *teacher_input_shape), e)) from e
+        logger.info(
+            "VID layer pairs (by output stride): " + ", ".join(f"{s} <- {t}" for s, t in zip(student_layers, chosen))
+        )
+        return chosen
+    if len(layers) != len(student_layers):
+        raise ValueError(
+            f"teacher_feature_layers ({len(layers)}) and student_feature_layers ({len(student_layers)}) pair one to one"
+        )
+    return list(layers)
+
+
+def _input_mismatch(path: str | os.PathLike, shape: Sequence[int], error: Exception) -> str:
+    return (
+        f"{path}: the teacher does not take a {tuple(shape)} input (config values teacher_input_channels, "
+        f"teacher_input_size): {type(error).__name__}: {error}"
+    )
+
+
+def _load_into(network: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Strict loading, except that BatchNorm's ``num_batches_tracked`` counters may be missing (files from older
+    PyTorch versions lack them; a frozen network in eval mode never reads them)."""
+    own = network.state_dict()
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = own[key]
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{path}: weights do not fit the configured teacher network (config values teacher_def, "
+            f"teacher_key_map, teacher_weights_key): {e}"
+        ) from e
+
+
+def _no_inplace_activations(network: nn.Module) -> None:
+    """Make in-place activations (torchvision-style ``ReLU(inplace=True)``) out-of-place: a hooked layer's output
+    (VID) must not be overwritten by the next layer, and the fidelity pass needs it for backward."""
+    for module in network.modules():
+        if getattr(module, "inplace", False) is True and isinstance(module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU)):
+            module.inplace = False
+
+
+class OnnxNetwork(nn.Module):
+    """An ONNX classifier run by onnxruntime on the CPU, as a module: ``(B, C, H, W)`` -> its outputs. No gradients
+    flow through it (KD only: no fidelity term) and it has no layers to hook (no VID). Needs ``onnxruntime``
+    (requirements-optional.txt)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError as e:
+            raise ImportError(f"{path}: an ONNX teacher needs onnxruntime (pip install onnxruntime)") from e
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        array = image.detach().float().cpu().numpy()
+        output = self.session.run(None, {self.input_name: array})[0]
+        return torch.from_numpy(output).to(image.device)
 
 
 @functools.lru_cache(maxsize=None)  # asked on every teacher pass; the hardware does not change
