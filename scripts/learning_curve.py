@@ -125,6 +125,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"any of {', '.join(methods)} (default: %(default)s)",
     )
     parser.add_argument(
+        "--method-config",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "FILES"),
+        help="a method of your own, run beside --methods: config files (comma-separated) stacked on train.yaml and"
+        " the task's dataset override, e.g. --method-config medtex_foreign out/foreign/teacher_state_dict.yaml; where"
+        " they set teacher_ckpt or teacher_bundle, the method keeps that teacher (repeatable)",
+    )
+    parser.add_argument(
         "--seeds",
         nargs="+",
         type=int,
@@ -194,6 +204,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--n-unlabeled must be >= 0")
     if args.image_size < 32:
         parser.error("--image-size must be at least 32")
+    for name, files in args.method_config:
+        if name in methods:
+            parser.error(f"--method-config {name}: a method of that name exists already")
+        for file in files.split(","):
+            if not Path(file).is_file():
+                parser.error(f"--method-config {name}: {file}: no such file")
+    args.methods += [name for name, _ in args.method_config]
     args.sizes = sorted(set(args.sizes))
     args.seeds = sorted(set(args.seeds))
     args.methods = list(dict.fromkeys(args.methods))
@@ -212,6 +229,9 @@ class Experiment:
         self.task = args.task
         self.out = args.out.resolve()
         self.methods = available_methods()
+        self.methods.update(
+            {name: [str(Path(f).resolve()) for f in files.split(",")] for name, files in args.method_config}
+        )
         self.stem = f"learning_curve_{self.task}"
         self.csv_path = self.out / f"{self.stem}.csv"
         self.meta_path = self.out / f"{self.stem}.json"
@@ -448,6 +468,16 @@ class Experiment:
 
     # --- runs -----------------------------------------------------------------------------------------------------
 
+    def own_teacher(self, method: str) -> bool:
+        """Whether the method's own config files name its teacher (a --method-config with a teacher from elsewhere)."""
+        import yaml
+
+        for file in self.methods[method]:
+            content = yaml.safe_load(Path(ROOT, file).read_text()) or {}
+            if "teacher_ckpt" in content or "teacher_bundle" in content:
+                return True
+        return False
+
     def uses_unlabeled(self, method: str) -> bool:
         from monai.bundle import ConfigParser
 
@@ -463,7 +493,8 @@ class Experiment:
         eval_dir, log = self.work["eval"] / method / name, self.work["logs"] / method / f"{name}.log"
         datalist = self.datalist(size, seed)
         where = ["--dataset_dir", str(self.local_data), "--datalist", str(datalist), "--seed", str(seed)]
-        where += ["--teacher_ckpt", str(self.teacher_ckpt)]
+        if not self.own_teacher(method):
+            where += ["--teacher_ckpt", str(self.teacher_ckpt)]
         done = run_dir / "train.done.json"
         if not done.is_file():
             init = ["--init_ckpt", str(self.source_ckpt)] if method in FROM_SOURCE else []
@@ -622,7 +653,9 @@ def paired_differences(rows: list[dict[str, str]], metric: str, first: str, seco
 
 def _paired_lines(rows: list[dict[str, str]], sizes: list[int]) -> list[str]:
     lines = []
-    for first, second in PAIRS:
+    known = {m for pair in PAIRS for m in pair} | {TEACHER} | set(available_methods())
+    own = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in known]  # --method-config methods
+    for first, second in (*PAIRS, *((m, other) for m in own for other in (MEDTEX, "scratch"))):
         diffs = paired_differences(rows, "auc", first, second)
         if not diffs:
             continue
