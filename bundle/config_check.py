@@ -12,8 +12,9 @@ and lists every problem at once:
   would otherwise stop the run at instantiation, after the data were listed);
 - wrong type: where the configs give a plain literal default, the value must fit it: an int default takes an int
   (not a bool), a float default an int or float, a bool default a bool, a string default a string (``auto`` also a
-  bool: the true/false/auto switches), a list default a list. Expression defaults (``$``, ``@``, ``%``), ``null``
-  and dicts take anything, and so does any override value that is itself an expression or reference;
+  bool: the true/false/auto switches), a list default a list (or ``auto``: teacher_feature_layers). Expression
+  defaults (``$``, ``@``, ``%``), ``null`` and dicts take anything, and so does any override value that is itself an
+  expression or reference;
 - dropped value: MONAI's command line drops ``--key None`` (``update_kwargs`` ignores None), so it is reported where
   the config has another value (``'$None'`` sets null).
 
@@ -82,8 +83,8 @@ def _expected_type(default: Any) -> tuple[str, Callable[[Any], bool]] | None:
         if default == "auto":  # the true/false/auto switches (teacher_bf16)
             return "a string or True/False", lambda v: isinstance(v, (str, bool))
         return "a string", lambda v: isinstance(v, str)
-    if isinstance(default, (list, tuple)):
-        return "a list", lambda v: isinstance(v, (list, tuple))
+    if isinstance(default, (list, tuple)):  # or 'auto' (teacher_feature_layers: layers matched automatically)
+        return "a list (or 'auto')", lambda v: isinstance(v, (list, tuple)) or v == "auto"
     return None  # null, dicts (components), expressions
 
 

@@ -94,10 +94,12 @@ class LabelMap(nn.Module):
             and sources == [[c] for c in range(len(self.local_classes))]
         )
         self._check_task_pair()
-        # one index tensor per covered class, and for multi-label targets from a multi-class teacher the complement
-        self._groups = [torch.tensor(sources[c]) for c in self.covered]
+        # one index tensor per covered class, and for multi-label targets from a multi-class teacher the complement;
+        # buffers, so that they move to the teacher's device once (not in every pass)
         everything = set(range(len(self.teacher_names)))
-        self._complements = [torch.tensor(sorted(everything - set(sources[c]))) for c in self.covered]
+        for i, c in enumerate(self.covered):
+            self.register_buffer(f"group{i}", torch.tensor(sources[c]), persistent=False)
+            self.register_buffer(f"complement{i}", torch.tensor(sorted(everything - set(sources[c]))), persistent=False)
 
     # --- resolution (config names -> indices) -----------------------------------------------------------------
     def _resolve(self, mapping: dict[str, MapValue], synonyms: list[list[str]]) -> tuple[list[list[int]], list[bool]]:
@@ -193,13 +195,13 @@ class LabelMap(nn.Module):
         if self.identity:
             return logits
         logits = logits.float()
-        groups = [g.to(logits.device) for g in self._groups]
+        groups = [getattr(self, f"group{i}") for i in range(len(self.covered))]
         if self.teacher_task == "multiclass":
             log_q = F.log_softmax(logits, dim=1)
             log_p = torch.stack([torch.logsumexp(log_q[:, g], dim=1) for g in groups], dim=1)
             if self.local_task == "multiclass":  # renormalised over the covered classes
                 return log_p - torch.logsumexp(log_p, dim=1, keepdim=True)
-            complements = [g.to(logits.device) for g in self._complements]
+            complements = [getattr(self, f"complement{i}") for i in range(len(self.covered))]
             log_not = torch.stack([torch.logsumexp(log_q[:, g], dim=1) for g in complements], dim=1)
             return log_p - log_not
         any_of = torch.stack([logits[:, g].amax(dim=1) for g in groups], dim=1)  # max probability = max logit
