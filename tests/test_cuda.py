@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser
 from bundle.engines.metrics import ROCAUCKnownLabelsMetric
 from bundle.networks.teacher import load_weights
 from tests.conftest import inference_network
+from tests.test_foreign_teacher import forms, made, matched_teacher, parser_for  # noqa: F401 (made: a fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -118,3 +119,21 @@ def test_benchmark_times_training_with_amp_beside_fp32(tmp_path):
         assert record[workflow]["amp_speedup"] == pytest.approx(ratio, rel=1e-9)
     assert record["medtex"]["fp32"]["teacher_bf16"] is False  # fp32 means the frozen teacher's passes too
     assert "| training | AMP images/s | fp32 images/s |" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_a_foreign_teacher_gives_the_same_targets_on_the_gpu_and_distils_with_amp(made, tmp_path):  # noqa: F811
+    """A teacher from elsewhere (tests/test_foreign_teacher.py) on CUDA: its view of the image, bfloat16 passes and
+    label map give the CPU's probabilities, and MED-TEX trains through it with AMP (the fidelity pass included)."""
+    parser = parser_for(made, forms(made)["state_dict"])
+    parser.update({"output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models"), **TINY})
+    teacher = parser.get_parsed_content("teacher")
+    image = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        cpu = torch.sigmoid(matched_teacher(made)(image))
+        gpu = torch.sigmoid(teacher.cuda()(image.cuda())[0]).float().cpu()
+    assert torch.allclose(gpu, cpu, atol=2e-2)  # bilinear view and bfloat16 passes: close, not equal
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.run()
+    assert trainer.scaler is not None and trainer.state.epoch == 2
+    for term in ("loss", "loss_kd", "loss_vid", "loss_fidelity"):
+        assert torch.isfinite(torch.as_tensor(trainer.state.output[0][term])).all(), term
