@@ -125,13 +125,15 @@ def test_a_foreign_teacher_gives_the_same_targets_on_the_gpu_and_distils_with_am
     """A teacher from elsewhere (tests/test_foreign_teacher.py) on CUDA: its view of the image, bfloat16 passes and
     label map give the CPU's probabilities, and MED-TEX trains through it with AMP (the fidelity pass included)."""
     parser = parser_for(made, forms(made)["state_dict"])
+    # nearest: the view is exact (tests/test_foreign_teacher.py), so what is left is the GPU's bfloat16 and TF32
     parser.update({"output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models"), **TINY})
+    parser.update({"teacher_resize_mode": "nearest"})
     teacher = parser.get_parsed_content("teacher")
     image = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         cpu = torch.sigmoid(matched_teacher(made)(image))
         gpu = torch.sigmoid(teacher.cuda()(image.cuda())[0]).float().cpu()
-    assert torch.allclose(gpu, cpu, atol=2e-2)  # bilinear view and bfloat16 passes: close, not equal
+    assert torch.allclose(gpu, cpu, atol=1e-2)  # bfloat16 logits: close, not equal
     trainer = parser.get_parsed_content("train#trainer")
     trainer.run()
     assert trainer.scaler is not None and trainer.state.epoch == 2
