@@ -3,10 +3,15 @@ numbers the issue asks for, consistent with the checkpoints and evaluations it w
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 from pathlib import Path
+
+from monai.networks.nets import DenseNet121
+
+from tests.conftest import inference_network
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = {
@@ -35,6 +40,18 @@ def test_demo_script_at_toy_size(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     for key in ("teacher_auc", "student_auc", "scratch_auc", "pointing_game"):
         assert 0.0 <= summary[key] <= 1.0, key
+    # each number is the one its evaluation wrote, read here with the csv module (no code shared with the script)
+    for name, run in (("teacher", "teacher"), ("student", "medtex"), ("scratch", "scratch")):
+        with open(out / "eval" / run / "metrics.csv") as f:
+            metrics = {row[0]: float(row[1]) for row in csv.reader(f) if row}
+        assert summary[f"{name}_auc"] == metrics["test_auc"], name
+        assert summary[f"{name}_accuracy"] == metrics["accuracy"] and summary[f"{name}_kappa"] == metrics["kappa"]
+        if run == "medtex":
+            assert summary["pointing_game"] == metrics["pointing_game"]
+    # parameter counts of the networks built directly (learned parameters; batch-norm statistics are buffers)
+    teacher = DenseNet121(spatial_dims=2, in_channels=3, out_channels=5)
+    assert summary["teacher_params"] == sum(p.numel() for p in teacher.parameters())
+    assert summary["student_params"] == sum(p.numel() for p in inference_network(32).parameters())
     assert summary["student_params"] < summary["teacher_params"] / 10
     assert summary["student_init"] == str(out / "models" / "central_student.pt")
 
