@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
 from PIL import Image
+from sklearn.metrics import average_precision_score
 from torch import nn
 
+from bundle.data.datalist import load_datalist
 from bundle.data.demo import generate_demo_data
 from bundle.explain import SALIENCY_METHODS
 
@@ -84,6 +87,20 @@ def test_compare_saliency_writes_every_method_with_valid_scores(tmp_path, task):
             value = float(row[metric])
             assert math.isfinite(value) and 0.0 <= value <= 1.0, (method, metric, value)
         assert math.isfinite(float(row["maps_per_second"])) and float(row["maps_per_second"]) > 0
+    # oracle: the explainer's own masks on the same images, scored by scikit-learn's average precision per image
+    parser.update({"lesion_masks": True})
+    preprocessing = parser.get_parsed_content("preprocessing")
+    items = [item for item in load_datalist(data / "datalist.json", "test") if item.get("mask")][:N_IMAGES]
+    precisions = []
+    for item in items:
+        sample = preprocessing(item)
+        with torch.no_grad():
+            saliency = network.eval().mask(torch.as_tensor(sample["image"])[None].float())[0]
+        lesion = (torch.as_tensor(sample["mask"]) > 0.5).flatten().numpy()
+        if lesion.any():
+            precisions.append(average_precision_score(lesion, saliency.flatten().numpy()))
+    assert float(rows["medtex"]["auprc"]) == pytest.approx(np.mean(precisions), abs=1e-4)
+    assert float(rows["medtex"]["auprc"]) != pytest.approx(float(rows["random"]["auprc"]), abs=1e-4)
     # the explainer's mask is never all ones here, so the teacher sees a changed image: fidelity is a real measure
     table = (out / f"saliency_{task}.md").read_text()
     assert all(f"| {method} |" in table for method in rows)
