@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -11,6 +12,7 @@ from monai.networks.nets import DenseNet121
 
 from bundle.data.demo import generate_demo_data
 from bundle.networks import MedTex
+from bundle.networks.teacher import load_weights
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,6 +24,25 @@ def inference_network(image_size: int = 32) -> MedTex:
     parser.read_config(str(CONFIGS / "inference.yaml"))
     parser["image_size"] = image_size
     return parser.get_parsed_content("network_def")
+
+
+def predictions_of(weights: Path, files: list[str], config_files: list[str], overrides: dict) -> np.ndarray:
+    """Oracle for what evaluation and inference write: the saved weights loaded by hand into a fresh network_def of
+    the training configs, called on train.yaml's preprocessing of each file; class probabilities ``(N, C)``."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS.parent / f) for f in config_files])
+    parser.update(overrides)
+    network = parser.get_parsed_content("network_def").eval()
+    network.load_state_dict(load_weights(weights))
+    preprocessing = parser.get_parsed_content("preprocessing")
+    multiclass = parser.get_parsed_content("task") == "multiclass"
+    rows = []
+    for file in files:
+        image = torch.as_tensor(preprocessing({"image": file})["image"])[None].float()
+        with torch.no_grad():
+            logits = network(image)
+        rows.append((torch.softmax(logits, dim=1) if multiclass else torch.sigmoid(logits))[0].numpy())
+    return np.stack(rows)
 
 
 @pytest.fixture(scope="module")

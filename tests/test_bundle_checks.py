@@ -16,6 +16,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 from monai.data import load_net_with_metadata
 from monai.inferers import SimpleInferer
+from monai.networks.nets import DenseNet
 
 from bundle.data.transforms import LoadMedicalImaged
 from bundle.networks.teacher import count_parameters, load_weights
@@ -218,7 +219,10 @@ def test_student_overlay_builds_one_student_for_training_and_inference(student, 
         networks[name] = parser.get_parsed_content("network_def")
     trained = networks["train"].state_dict()
     assert count_parameters(networks["train"].student) == parameters
-    assert count_parameters(networks["plain"].student) == 373475
+    # the default student is MONAI's DenseNet with the Student's documented defaults: counted on one built directly
+    default = DenseNet(spatial_dims=2, in_channels=3, out_channels=5, init_features=32, growth_rate=16,
+                       block_config=(3, 6, 8, 4))  # fmt: skip
+    assert count_parameters(networks["plain"].student) == count_parameters(default) == 373475
     networks["inference"].load_state_dict(trained, strict=True)
     with pytest.raises(RuntimeError, match=refusal):
         networks["plain"].load_state_dict(trained, strict=True)
@@ -240,7 +244,7 @@ def test_resnet_student_of_before_0_6_0_loads_with_the_overrides_the_overlay_nam
         parser.update({"image_size": 64, **overrides})
         network = parser.get_parsed_content("network_def")
         if loads:
-            assert count_parameters(network.student) == 310325
+            assert count_parameters(network.student) == count_parameters(old_student) == 310325
             network.load_state_dict(saved, strict=True)
         else:
             with pytest.raises(RuntimeError, match="size mismatch for student.conv1.weight"):

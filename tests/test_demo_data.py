@@ -158,7 +158,7 @@ def test_fundus_grades_lesions_and_budgets(size: int) -> None:
         assert info["red_pixels"] == info["budget_red"]
         assert info["yellow_pixels"] == info["budget_yellow"]
         assert info["white_pixels"] == info["budget_white"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"grade must be in \[0, 5\), got 5"):
         synth_fundus(sample_rng(0, "fundus", "A", "test", 0), 32, grade=5)
 
 

@@ -291,7 +291,7 @@ def test_load_transforms_give_channel_first_float_metatensors(tmp_path):
     assert out["image"].shape == (3, 4, 6) and out["mask"].shape == (1, 4, 6)
     assert out["image"].dtype == torch.float32 and out["mask"].min() == 1.0
     assert out["image"].meta["filename_or_obj"] == str(tmp_path / "i.png")
-    with pytest.raises(ImageReadError):  # not MONAI's generic "cannot find a suitable reader" RuntimeError
+    with pytest.raises(ImageReadError, match="nothing.png"):  # not MONAI's "cannot find a suitable reader"
         LoadMedicalImage()(str(tmp_path / "nothing.png"))
 
 

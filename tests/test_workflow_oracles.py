@@ -20,7 +20,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 from bundle.data.datalist import load_datalist
 from bundle.data.demo import generate_demo_data
-from bundle.networks.teacher import load_weights
+from tests.conftest import predictions_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -60,20 +60,9 @@ def setup(request, tmp_path_factory) -> dict:
 
 
 def direct_predictions(setup: dict, files: list[str]) -> np.ndarray:
-    """Probabilities of the saved weights loaded by hand into a fresh network, on train.yaml's preprocessing."""
-    parser = setup["parser"]
-    network = parser.get_parsed_content("network_def", instantiate=True, lazy=False).eval()
-    network.load_state_dict(load_weights(setup["root"] / "models" / "model.pt"))
-    preprocessing = parser.get_parsed_content("preprocessing")
-    rows = []
-    for file in files:
-        image = torch.as_tensor(preprocessing({"image": file})["image"])[None].float()
-        assert image.shape[-1] == SIZE  # resized from 64 px: the resize mode matters
-        with torch.no_grad():
-            logits = network(image)
-        probabilities = torch.softmax(logits, dim=1) if setup["task"] == "fundus" else torch.sigmoid(logits)
-        rows.append(probabilities[0].numpy())
-    return np.stack(rows)
+    configs = ["configs/train.yaml", *TASKS[setup["task"]]]
+    overrides = {"dataset_dir": str(setup["data"]), "image_size": SIZE, "preflight": False}
+    return predictions_of(setup["root"] / "models" / "model.pt", files, configs, overrides)
 
 
 def bundle(setup: dict, workflow: str, configs: list[str], *options: str) -> None:
