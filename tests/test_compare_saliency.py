@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +20,10 @@ from bundle.data.demo import generate_demo_data
 from bundle.explain import SALIENCY_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import compare_saliency  # noqa: E402
+
 IMAGE_SIZE = 32
 N_IMAGES = 8
 # a tiny teacher (a narrow MONAI DenseNet, so GradCAM's default layer class_layers.relu applies) and student;
@@ -42,7 +44,7 @@ student#block_config: [1, 1, 1, 1]
 
 
 @pytest.mark.parametrize("task", ["fundus", "cxr"])
-def test_compare_saliency_writes_every_method_with_valid_scores(tmp_path, task):
+def test_compare_saliency_writes_every_method_with_valid_scores(tmp_path, task, capsys):
     data, models, out = tmp_path / "data", tmp_path / "models", tmp_path / "out"
     generate_demo_data(task, data, n_train=0, n_val=0, n_test=N_IMAGES, size=IMAGE_SIZE, seed=0)
     tiny = tmp_path / "tiny.yaml"
@@ -67,14 +69,14 @@ def test_compare_saliency_writes_every_method_with_valid_scores(tmp_path, task):
     torch.save(teacher.state_dict(), models / "teacher.pt")
     torch.save(network.state_dict(), models / "model.pt")
 
-    command = [sys.executable, "scripts/compare_saliency.py", "--task-name", task, "--config", *configs]
+    # run in this process, so that a mutation run (docs/RELIABILITY.md) sees which code these checks reach
+    command = ["--task-name", task, "--config", *configs]
     command += ["--dataset-dir", str(data), "--teacher-ckpt", str(models / "teacher.pt")]
     command += ["--model-ckpt", str(models / "model.pt"), "--image-size", str(IMAGE_SIZE), "--out", str(out)]
     command += ["--n-images", str(N_IMAGES), "--batch-size", "4", "--device", "cpu", "--steps", "8"]
     command += ["--occlusion-mask-size", "8", "--smoothgrad-samples", "3", "--repeats", "1", "--n-grid", "3"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert compare_saliency.main(command) == 0
+    printed = capsys.readouterr().out
 
     with open(out / f"saliency_{task}.csv", newline="") as f:
         rows = {row["method"]: row for row in csv.DictReader(f)}
@@ -107,6 +109,6 @@ def test_compare_saliency_writes_every_method_with_valid_scores(tmp_path, task):
     grid = Image.open(out / f"saliency_{task}.png")
     assert grid.size[0] > grid.size[1]  # 3 rows of images, 2 + 7 columns
     for suffix in (".csv", ".md", ".png"):
-        assert f"saliency_{task}{suffix}" in result.stdout
+        assert f"saliency_{task}{suffix}" in printed
     html = (out / "report.html").read_text()  # one file for people: the table and the grid embedded
     assert "data:image/png;base64," in html and all(method in html for method in rows)
