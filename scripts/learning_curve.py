@@ -808,6 +808,8 @@ def _version(module: str) -> str | None:
         return None
 
 
+# the orchestration of training runs is left out of the mutation run (docs/RELIABILITY.md, tests/test_learning_curve.py)
+# pragma: no mutate block
 def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
