@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,9 @@ from torch import nn
 from bundle.data.datalist import load_datalist
 from bundle.data.demo import generate_demo_data
 from bundle.explain import SALIENCY_METHODS
+from scripts import compare_saliency  # a package module: a mutation run replaces scripts/
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import compare_saliency  # noqa: E402
 
 IMAGE_SIZE = 32
 N_IMAGES = 8

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import learning_curve  # a package module: a mutation run replaces scripts/
 
-import learning_curve  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZES, METHODS, SEEDS = (8, 16), ("scratch", "kd"), (0,)
 N_UNLABELED = 4
@@ -161,3 +160,33 @@ def test_paired_differences_compare_the_same_labelled_sets_and_seeds(tmp_path):
     # mean +0.030, sample sd of (0.04, -0.01, 0.06) = 0.036, medtex higher on 2 of 3 seeds
     assert "| medtex - kd | +0.030 ± 0.036 (2/3) |  |" in md
     assert "medtex - scratch" not in md  # pairs without runs are left out
+
+
+def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
+    def row(method, n, seed, auc):
+        return {"task": "fundus", "method": method, "n_labeled": str(n), "seed": str(seed), "auc": auc}
+
+    rows = [
+        row("teacher", 0, 0, "0.9"),
+        *(row("kd", 25, s, a) for s, a in ((0, "0.60"), (1, "0.70"), (2, "0.65"))),
+        *(row("medtex", 25, s, a) for s, a in ((0, "0.64"), (1, "0.69"), (2, "0.71"))),
+        row("medtex", 50, 0, "0.80"),
+        row("medtex", 50, 1, "nan"),  # a failed evaluation: left out, not averaged in
+        row("medtex", 50, 2, ""),
+    ]
+    stats = learning_curve.summarise(rows, "auc")
+    assert stats["kd"][25] == pytest.approx((0.65, 0.05, 3))  # sample sd: sqrt((0.05^2 + 0.05^2) / 2)
+    assert stats["medtex"][50] == (0.80, 0.0, 1)
+    path = tmp_path / "lc.md"
+    learning_curve.write_markdown(path, rows, learning_curve.method_order(rows, ["medtex", "kd"]), "on 2 cores")
+    lines = path.read_text().splitlines()
+    assert lines[:4] == ["# Learning curve: fundus", "", "on 2 cores", ""]
+    table = lines[lines.index("## auc: mean ± sd (n seeds)") :]
+    assert table[2:6] == [
+        "| method | n = 25 | n = 50 |",
+        "|---|---:|---:|",
+        "| medtex | 0.680 ± 0.036 (3) | 0.800 ± 0.000 (1) |",  # sd: sqrt((0.04^2 + 0.01^2 + 0.03^2) / 2)
+        "| kd | 0.650 ± 0.050 (3) |  |",
+    ]
+    assert "Teacher (no local labels, trained on the teacher's data): auc 0.900." in lines
+    assert not any(line.startswith("## accuracy") for line in lines)  # no method has that metric

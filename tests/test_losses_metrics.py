@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
-from bundle.engines.metrics import AccuracyMetric, OperatingPoint, OperatingPointMetric, ROCAUCKnownLabelsMetric
+from bundle.engines.metrics import (
+    AccuracyMetric,
+    OperatingPoint,
+    OperatingPointMetric,
+    ROCAUCKnownLabelsMetric,
+    store_per_class,
+)
 from bundle.losses import ClassificationLoss
 
 
@@ -105,3 +112,61 @@ def test_operating_point_handler_writes_macro_and_per_class_values():
     assert math.isnan(Engine.state.metrics["sensitivity_effusion"])
     with pytest.raises(ValueError, match="measure must be"):
         OperatingPointMetric("precision")
+
+
+def test_defaults_are_the_bundles_operating_point_and_a_probability_of_one_half_counts_as_positive():
+    # multi-class unless told: the most probable class; multi-label threshold 0.5, inclusive (as inference predicts)
+    pred = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.3, 0.6, 0.1]])
+    y = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 1, 0]])
+    accuracy = AccuracyMetric()
+    accuracy(pred, y)
+    assert accuracy.aggregate() == pytest.approx(2 / 3)
+    np.testing.assert_allclose(at_operating_point(OperatingPointMetric().measure, pred, y), [1, 1 / 2, np.nan])
+    multilabel = AccuracyMetric(multilabel=True)
+    multilabel(torch.tensor([[0.5, 0.49]]), torch.tensor([[1.0, 0.0]]))
+    assert multilabel.aggregate() == 1.0
+    np.testing.assert_allclose(at_operating_point("sensitivity", [[0.5]], [[1]], multilabel=True), [1.0])
+    handler = OperatingPoint(["a", "b", "c"])
+    assert (handler.metric_fn.measure, handler.metric_fn.multilabel, handler.metric_fn.threshold) == (
+        "sensitivity",
+        False,
+        0.5,
+    )
+    assert ROCAUCKnownLabelsMetric().average == "macro"
+
+
+def test_auc_is_undefined_for_a_class_whose_known_labels_are_all_positive_or_all_negative():
+    pred = [[0.9, 0.2, 0.6], [0.4, 0.8, 0.3], [0.6, 0.1, 0.5]]
+    y = [[1, 1, 0], [0, 1, 0], [1, 1, -1]]  # class 1 all positive, class 2 all negative among the known
+    per_class = auc(pred, y, average="none")
+    assert per_class[0] == pytest.approx(1.0) and math.isnan(per_class[1]) and math.isnan(per_class[2])
+    assert auc(pred, y) == pytest.approx(1.0)
+    assert math.isnan(auc([[0.3], [0.7]], [[1], [1]]))  # no class defined: NaN, not a mean of nothing
+    assert math.isnan(auc([[0.3], [0.7]], [[-1], [-1]]))
+
+
+def test_micro_auc_is_scikit_learns_and_is_refused_with_unknown_labels():
+    pred = [[0.9, 0.2], [0.4, 0.8], [0.6, 0.7], [0.1, 0.3]]
+    y = [[1, 0], [0, 1], [0, 1], [1, 0]]
+    expected = roc_auc_score(np.array(y).ravel(), np.array(pred).ravel())
+    assert auc(pred, y, average="micro") == pytest.approx(expected)
+    assert 0.5 < expected < 1.0
+    with pytest.raises(ValueError, match="only 'macro' or 'none'"):
+        auc(pred, [[1, 0], [0, -1], [0, 1], [1, 0]], average="micro")
+
+
+def test_multilabel_accuracy_of_only_unknown_labels_is_undefined_and_handlers_store_nan():
+    accuracy = AccuracyMetric(multilabel=True)
+    accuracy(torch.tensor([[0.9, 0.1]]), torch.tensor([[-1.0, -1.0]]))
+    assert math.isnan(accuracy.aggregate())
+
+    class Engine:
+        class state:
+            metrics: dict = {}
+
+    handler = OperatingPoint(["a", "b"], measure="specificity", multilabel=True)
+    handler.metric_fn(torch.tensor([[0.9, 0.1]]), torch.tensor([[1.0, 1.0]]))  # no negatives: undefined
+    handler.completed(Engine, "specificity")
+    assert all(math.isnan(Engine.state.metrics[k]) for k in ("specificity", "specificity_a", "specificity_b"))
+    with pytest.raises(ValueError, match="2 per-class specificity values for 3 class names"):
+        store_per_class(Engine, "specificity", ["a", "b", "c"], np.zeros(2))
