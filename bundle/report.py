@@ -67,7 +67,8 @@ def write_html_report(results_dir: str | os.PathLike, html_path: str | os.PathLi
 
     body = [f"<h1>{html.escape(title)}</h1>"]
     generated = datetime.now().astimezone().isoformat(timespec="seconds")
-    body.append(f'<p class="note">Generated {generated} from <code>{html.escape(str(root.resolve()))}</code>.</p>')
+    # the folder's name, not its absolute path: a committed report must not name the folders of the machine that made it
+    body.append(f'<p class="note">Generated {generated} from <code>{html.escape(root.resolve().name)}/</code>.</p>')
     general = [p for stem, paths in sorted(metadata.items()) if stem not in artefacts for p in paths]
     for path in general:
         body.append(f"<h2>{html.escape(path.name)}</h2>")

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from bundle.data.datalist import ITEM_LIST_KEYS, load_datalist, read_datalist_info, save_datalist  # noqa: E402
 from bundle.data.demo import DOMAINS, TASKS, generate_demo_data  # noqa: E402
 from bundle.data.splits import select_labeled  # noqa: E402
-from bundle.handlers.atomic import file_sha256  # noqa: E402
+from bundle.files import file_sha256  # noqa: E402
 from bundle.report import write_html_report  # noqa: E402
 
 TEACHER = "teacher"  # evaluated, not trained on local data
@@ -265,8 +265,8 @@ class Experiment:
             "n_val": a.n_val,
             "n_test": a.n_test,
             "data_seed": a.data_seed,
-            "teacher_ckpt": str(a.teacher_ckpt.resolve()) if a.teacher_ckpt else None,
-            "source_student_ckpt": str(a.source_student_ckpt.resolve()) if a.source_student_ckpt else None,
+            "teacher_ckpt": portable_path(a.teacher_ckpt) if a.teacher_ckpt else None,
+            "source_student_ckpt": portable_path(a.source_student_ckpt) if a.source_student_ckpt else None,
             "overrides": self.overrides(),
             "teacher_overrides": self.overrides(teacher=True),  # provenance: the teacher is trained once per --out
         }
@@ -278,6 +278,7 @@ class Experiment:
             return max(self.args.sizes)
         stored = json.loads(self.meta_path.read_text())
         before = stored.get("settings", {})
+        before = {k: portable_path(v) if k.endswith("_ckpt") and v else v for k, v in before.items()}  # older, absolute
         changed = [f"{k}: {before.get(k)!r} -> {settings[k]!r}" for k in FIXED if before.get(k) != settings[k]]
         pool = int(before.get("pool", max(self.args.sizes)))
         if max(self.args.sizes) > pool:
@@ -294,7 +295,8 @@ class Experiment:
         (tables and plot remade elsewhere, nothing trained) keeps the training machine's record."""
         previous = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
         now = datetime.now().astimezone().isoformat(timespec="seconds")
-        command = command_line([Path(sys.executable).name, "scripts/learning_curve.py", *self.argv])
+        argv = [portable_path(a) if os.path.isabs(a) else a for a in self.argv]
+        command = command_line([Path(sys.executable).name, "scripts/learning_curve.py", *argv])
         if report_only and previous:
             self.meta_path.write_text(json.dumps({**previous, "reported": now, "report_command": command}, indent=2))
             return
@@ -303,7 +305,7 @@ class Experiment:
             "updated": now,
             "host": platform.node(),
             "device": _device_name(),
-            "cwd": os.getcwd(),
+            "cwd": portable_path(os.getcwd()),
             "command": command,
             "git_commit": _git_commit(),
             "platform": platform.platform(),
@@ -311,7 +313,7 @@ class Experiment:
             "torch": _version("torch"),
             "monai": _version("monai"),
             "settings": {**self.settings(), "pool": self.pool},
-            "teacher_ckpt": str(self.teacher_ckpt),
+            "teacher_ckpt": portable_path(self.teacher_ckpt),
             "weights_sha256": previous.get("weights_sha256", {}),  # shared networks the rows were made with
             "csv": self.csv_path.name,
         }
@@ -745,6 +747,13 @@ def plot(path: Path, rows: list[dict[str, str]], methods: list[str], title: str)
 def config_list(files: Sequence[str]) -> str:
     """A ``--config_file`` list as the docs write it: ``['configs/train.yaml','configs/baselines/kd.yaml']``."""
     return "[" + ",".join(f"'{f}'" for f in files) + "]"
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """A path as committed result files hold it: relative to the repository when inside it (``.`` for the root),
+    else absolute, so that no file names the folders of the machine that made it."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
 
 
 def command_line(command: Sequence[str]) -> str:

@@ -39,12 +39,41 @@ def test_links_and_named_files_exist():
     for target in re.findall(r"\]\(([^)#]+)\)", text):
         if target.startswith("http"):
             continue
-        path = (DOC.parent / target).resolve()
-        if not path.is_relative_to(ROOT) and not path.parent.is_dir():
-            continue  # ../shared/ beside the checkout: checked where the checkout has it
-        assert path.exists(), target
+        assert (DOC.parent / target).resolve().exists(), target
     for path in set(re.findall(r"\b((?:configs|scripts)/[\w/]+\.(?:yaml|json|py|sh))", text)):
         assert (ROOT / path).is_file(), path
+
+
+def repository_files() -> list[Path]:
+    """Docs, configs, code and tests: every file whose text a user reads."""
+    suffixes = {".md", ".py", ".yaml", ".json", ".sh", ".toml", ".txt", ".cfg"}
+    skip = {"mutants", ".git", "node_modules"}
+    return [
+        p
+        for p in ROOT.rglob("*")
+        if p.suffix in suffixes
+        and p.is_file()
+        and not skip.intersection(p.relative_to(ROOT).parts)
+        and not p.relative_to(ROOT).parts[0].startswith(".")
+    ]
+
+
+def test_nothing_links_or_refers_outside_the_repository():
+    """The repository stands alone: no markdown link leaves it, and no file names a path beside the checkout."""
+    outside = re.compile(r"\.\./shared\b|/work/|\.\./\.\./")
+    problems = []
+    for path in repository_files():
+        text = path.read_text(errors="replace")
+        if path.suffix == ".md":
+            for target in re.findall(r"\]\(([^)#\s]+)", text):
+                if "://" in target or target.startswith("mailto:"):
+                    continue
+                resolved = (path.parent / target).resolve()
+                if not resolved.is_relative_to(ROOT) or not resolved.exists():
+                    problems.append(f"{path.relative_to(ROOT)}: link {target}")
+        if path.name != "test_docs.py":
+            problems += [f"{path.relative_to(ROOT)}: {m.group()}" for m in outside.finditer(text)]
+    assert problems == []
 
 
 def test_results_are_linked_not_copied():

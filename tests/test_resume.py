@@ -104,7 +104,7 @@ def test_killed_training_resumes_and_finishes_its_epochs(tmp_path, data, teacher
 def test_checkpoint_saver_of_the_configs_writes_through_atomic_save(tmp_path, monkeypatch):
     from ignite.engine import Engine
 
-    import bundle.handlers.atomic as atomic
+    import bundle.files as atomic
     import bundle.handlers.checkpoint as checkpoint
 
     renamed = []

@@ -21,7 +21,7 @@ from monai.transforms import apply_transform
 
 from bundle.data.datalist import load_datalist, read_datalist_info
 from bundle.data.readers import DICOM_SUFFIXES, ITK_SUFFIXES, NATURAL_SUFFIXES, NIFTI_SUFFIXES, sniff_format
-from bundle.handlers.atomic import file_sha256
+from bundle.files import file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
-from ..handlers.atomic import file_sha256
+from ..files import file_sha256
 from .datalist import ITEM_LIST_KEYS, PATH_KEYS, SPLIT_KEYS, TASKS, _is_binary_or_unknown, load_datalist
 from .readers import ImageReadError, MedicalImageReader, sniff_format
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from bundle.handlers.atomic import write_atomically
+from bundle.files import write_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from PIL import Image
 from bundle.data.inference import ERROR_KEY, IMAGE_SUFFIXES, SOURCE_KEY, VALID_KEY
 from bundle.data.readers import MedicalImageReader
 from bundle.engines.evaluator import SALIENCY
-from bundle.handlers.atomic import PART, write_atomically
+from bundle.files import PART, write_atomically
 
 logger = logging.getLogger(__name__)
 
