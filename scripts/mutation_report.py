@@ -58,6 +58,27 @@ def source_file(name: str) -> str:
     return module.replace(".", "/") + ".py"
 
 
+def function_of(name: str) -> str:
+    """bundle.engines.metrics.xǁClassǁmethod__mutmut_3 -> bundle.engines.metrics.xǁClassǁmethod"""
+    return re.sub(r"__mutmut_\d+$", "", name)
+
+
+def review_key(function: str, change: str) -> tuple[str, str]:
+    """A review holds across runs as long as the function and the mutated lines stay the same (mutant numbers
+    change whenever anything above them in the file changes)."""
+    return function, " ".join(change.split())
+
+
+def load_review(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    entries = (yaml.safe_load(path.read_text()) if path.is_file() else None) or []
+    review = {}
+    for entry in entries:
+        if entry.get("verdict") not in VERDICTS:
+            raise SystemExit(f"{path}: {entry}: unknown verdict, expected one of {sorted(VERDICTS)}")
+        review[review_key(entry["function"], entry["change"])] = entry
+    return review
+
+
 def diff(name: str) -> str:
     """The mutated lines only: ``-old`` then ``+new``."""
     lines = mutmut("show", name).splitlines()
@@ -68,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=None, help="wall time of the mutmut run")
     parser.add_argument("--children", type=int, default=None, help="mutmut run --max-children")
+    parser.add_argument("--todo", type=Path, default=None, help="write the survivors not yet reviewed here (YAML)")
     args = parser.parse_args(argv)
     statuses = results()
     if not statuses:
         raise SystemExit("no mutmut results in mutants/: run `bash scripts/mutation_run.sh`")
-    review = yaml.safe_load(REVIEW.read_text()) if REVIEW.is_file() else {}
-    review = review or {}
+    review = load_review(REVIEW)
     per_file: dict[str, Counter] = defaultdict(Counter)
     for name, status in statuses.items():
         per_file[source_file(name)][status] += 1
@@ -81,11 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, status in sorted(statuses.items()):
         if status != "survived":
             continue
-        entry = review.get(name) or {}
+        change = diff(name)
+        entry = review.get(review_key(function_of(name), change), {})
         verdict = entry.get("verdict")
-        if verdict is not None and verdict not in VERDICTS:
-            raise SystemExit(f"{REVIEW}: {name}: unknown verdict {verdict!r}, expected one of {sorted(VERDICTS)}")
-        survivors.append({"mutant": name, "diff": diff(name), "verdict": verdict, "why": entry.get("why", "")})
+        survivors.append({"mutant": name, "diff": change, "verdict": verdict, "why": entry.get("why", "")})
     totals = Counter(statuses.values())
     tested = totals["killed"] + totals["survived"] + totals["timeout"]
     report: dict[str, Any] = {
@@ -99,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         "unreviewed_survivors": sum(s["verdict"] is None for s in survivors),
         "survivors": survivors,
     }
+    if args.todo:
+        todo = [
+            {"function": function_of(s["mutant"]), "change": s["diff"], "verdict": None, "why": ""}
+            for s in survivors
+            if s["verdict"] is None
+        ]
+        args.todo.write_text(yaml.safe_dump(todo, allow_unicode=True, sort_keys=False, width=200))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     OUT.with_suffix(".md").write_text(markdown(report))

@@ -177,6 +177,8 @@ def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
     stats = learning_curve.summarise(rows, "auc")
     assert stats["kd"][25] == pytest.approx((0.65, 0.05, 3))  # sample sd: sqrt((0.05^2 + 0.05^2) / 2)
     assert stats["medtex"][50] == (0.80, 0.0, 1)
+    two = learning_curve.summarise([row("kd", 8, 0, "0.5"), row("kd", 8, 1, "0.7")], "auc")
+    assert two["kd"][8] == pytest.approx((0.6, math.sqrt(0.02), 2))
     path = tmp_path / "lc.md"
     learning_curve.write_markdown(path, rows, learning_curve.method_order(rows, ["medtex", "kd"]), "on 2 cores")
     lines = path.read_text().splitlines()
@@ -190,3 +192,35 @@ def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
     ]
     assert "Teacher (no local labels, trained on the teacher's data): auc 0.900." in lines
     assert not any(line.startswith("## accuracy") for line in lines)  # no method has that metric
+
+
+def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
+    def row(method, n, seed, auc):
+        return {"task": "fundus", "method": method, "n_labeled": str(n), "seed": str(seed), "auc": str(auc)}
+
+    rows = [
+        row("medtex", 25, 0, 0.70),
+        row("medtex", 25, 1, 0.60),
+        row("scratch", 25, 0, 0.60),
+        row("scratch", 25, 1, 0.60),  # a tie: not a seed where medtex is higher
+        row("mine", 25, 0, 0.75),  # a --method-config method, compared with medtex and scratch
+        row("vid", 25, 0, 0.65),  # a baseline of configs/baselines/ outside the pairs: no row of its own
+    ]
+    path = tmp_path / "lc.md"
+    methods = learning_curve.method_order(rows, ["medtex", "scratch"])
+    assert methods == ["medtex", "scratch", "mine", "vid"]
+    learning_curve.write_markdown(path, rows, methods, "context")
+    lines = path.read_text().split("\n")
+    start = lines.index(
+        "## auc: paired differences (same labelled set and seed): mean ± sd (seeds where the first is higher / seeds)"
+    )
+    assert lines[start:] == [
+        lines[start],
+        "",
+        "| methods | n = 25 |",
+        "|---|---:|",
+        "| medtex - scratch | +0.050 ± 0.071 (1/2) |",  # differences 0.10 and 0.00: sd sqrt(0.005)
+        "| mine - medtex | +0.050 ± 0.000 (1/1) |",  # one seed in common: sd 0
+        "| mine - scratch | +0.150 ± 0.000 (1/1) |",
+        "",
+    ]

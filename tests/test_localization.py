@@ -33,3 +33,19 @@ def test_pointing_game_metric_averages_images_with_lesions_only():
     metric(saliency[:2], target[:2])
     metric(saliency[2:], target[2:])
     assert abs(metric.aggregate() - 2 / 3) < 1e-6
+
+
+def test_pointing_game_metric_on_decollated_items_with_tolerance_and_without_lesions():
+    saliency = torch.zeros(2, 1, 5, 5)
+    target = torch.zeros(2, 1, 5, 5)
+    saliency[0, 0, 3, 3] = 1.0  # one pixel diagonal from the lesion: a hit only with tolerance 1
+    target[0, 0, 2, 2] = 1.0
+    saliency[1, 0, 0, 0] = 1.0  # far from the lesion: a miss either way
+    target[1, 0, 4, 4] = 1.0
+    for tolerance, expected in ((0, 0.0), (1, 0.5)):
+        metric = PointingGameMetric(tolerance=tolerance)
+        metric(list(saliency), list(target))  # (1, H, W) items, as the evaluator's decollated batches give them
+        assert metric.aggregate() == expected
+    metric = PointingGameMetric()
+    metric(saliency, torch.zeros_like(target))
+    assert math.isnan(metric.aggregate())  # no image with a lesion: undefined, not 0

@@ -54,23 +54,32 @@ def read_metrics(path: Path) -> dict[str, float]:
         return {row[0]: float(row[1]) for row in csv.reader(f)}
 
 
-def test_overrides_keep_the_single_gpu_steps_and_handlers():
-    """The multi-GPU files repeat train.yaml's and evaluate.yaml's steps and name handlers by index: keep in step."""
+RANK0_ONLY = {"StatsHandler", "TensorBoardStatsHandler", "bundle.handlers.LossProgressBar"}
+RANK0_ONLY |= {"bundle.handlers.AtomicCheckpointSaver"}
+
+
+def test_overrides_keep_the_single_gpu_steps_and_switch_handlers_off_by_flag(monkeypatch):
+    """The multi-GPU files repeat train.yaml's and evaluate.yaml's steps (keep in step); the handlers that only rank 0
+    runs carry ``_disabled_: '@is_not_rank0'`` where they are defined, so adding a handler moves nothing."""
     train = ConfigParser.load_config_files([CONFIGS / "train.yaml"])
     multi = ConfigParser.load_config_file(CONFIGS / "multi_gpu_train.yaml")
     expected = [s.replace("@train#trainer.network,", "@train#trainer.network.module,") for s in train["initialize"]]
     assert multi["initialize"] == DIST_STEPS + expected
-    targets = [h["_target_"] for h in train["train"]["handlers"]]
-    assert targets[3:] == ["StatsHandler", "TensorBoardStatsHandler", "bundle.handlers.LossProgressBar"]
-    assert [h["_target_"] for h in train["validate"]["handlers"]] == [
-        "StatsHandler",
-        "TensorBoardStatsHandler",
-        "bundle.handlers.AtomicCheckpointSaver",
-    ]
     evaluate = ConfigParser.load_config_file(CONFIGS / "evaluate.yaml")
     multi_eval = ConfigParser.load_config_file(CONFIGS / "multi_gpu_evaluate.yaml")
     assert multi_eval["initialize"] == DIST_STEPS + evaluate["initialize"]
-    assert evaluate["validate#handlers"][1]["_target_"] == "StatsHandler"
+
+    assert train["is_not_rank0"] is False and multi["is_not_rank0"].startswith("$")
+    handlers = [*train["train"]["handlers"], *train["validate"]["handlers"], *evaluate["validate#handlers"]]
+    flagged = {h["_target_"] for h in handlers if h.get("_disabled_") == "@is_not_rank0"}
+    assert flagged == RANK0_ONLY
+    assert not any(h["_target_"] in RANK0_ONLY and "_disabled_" not in h for h in handlers)
+    for overlay in ("multi_gpu_train.yaml", "multi_gpu_evaluate.yaml"):  # no handler named by its position
+        assert "handlers#" not in (CONFIGS / overlay).read_text(), overlay
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "multi_gpu_train.yaml")])
+    monkeypatch.setenv("RANK", "1")
+    assert parser.get_parsed_content("is_not_rank0") is True
 
 
 @pytest.fixture(scope="module")
