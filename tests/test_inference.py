@@ -325,3 +325,40 @@ def test_deidentified_capture_keeps_the_study_but_not_the_patient(run, tmp_path)
     assert not any(value.encode() in raw for value in PATIENT + ("St Elsewhere",))
     # without the option the capture is the patient's, as a PACS expects
     assert pydicom.dcmread(run["out"] / "ct_overlay.dcm").PatientID == "P-0042"
+
+
+def test_secondary_captures_join_the_source_study_one_series_per_source_series(tmp_path):
+    """In this process (a mutation run sees it): the study kept, one derived series per source series, the same
+    UIDs when a run is repeated into the same folder, the patient kept unless de-identification is asked for."""
+    write_dicom(tmp_path / "a.dcm", 64, 40, 1)
+    write_dicom(tmp_path / "b.dcm", 64, 40, 2)
+    other = pydicom.dcmread(tmp_path / "a.dcm")
+    other.SeriesInstanceUID, other.SOPInstanceUID, other.InstanceNumber = generate_uid(), generate_uid(), None
+    other.save_as(tmp_path / "c.dcm")
+    no_study = pydicom.dcmread(tmp_path / "a.dcm")
+    del no_study.StudyInstanceUID
+    no_study.save_as(tmp_path / "d.dcm")
+
+    def captures(out: Path) -> list:
+        writer = SaliencyWriter(out, class_names=CLASSES)
+        out.mkdir()
+        for name in ("a", "b", "c"):
+            writer.write_secondary_capture(str(tmp_path / f"{name}.dcm"), np.zeros((64, 40, 3), np.uint8), out / name)
+        with pytest.raises(ValueError, match="no StudyInstanceUID"):
+            writer.write_secondary_capture(str(tmp_path / "d.dcm"), np.zeros((64, 40, 3), np.uint8), out / "d")
+        return [pydicom.dcmread(out / name) for name in ("a", "b", "c")]
+
+    a, b, c = captures(tmp_path / "out")
+    assert {a.StudyInstanceUID, b.StudyInstanceUID, c.StudyInstanceUID} == {STUDY_UID}
+    assert a.SeriesInstanceUID == b.SeriesInstanceUID != SERIES_UID  # a new series beside the source's
+    assert c.SeriesInstanceUID not in (a.SeriesInstanceUID, other.SeriesInstanceUID)
+    assert (a.InstanceNumber, b.InstanceNumber, c.InstanceNumber) == (1, 2, 1)  # the source's, else counted
+    assert len({a.SOPInstanceUID, b.SOPInstanceUID, c.SOPInstanceUID}) == 3
+    assert a.PatientID == "P-0042" and a.PixelSpacing == [0.5, 0.5]
+    again = captures(tmp_path / "out_again")  # another folder: other UIDs; the same folder: the same UIDs
+    assert again[0].SeriesInstanceUID != a.SeriesInstanceUID
+    (tmp_path / "out" / "a").unlink()
+    writer = SaliencyWriter(tmp_path / "out", class_names=CLASSES)
+    writer.write_secondary_capture(str(tmp_path / "a.dcm"), np.zeros((64, 40, 3), np.uint8), tmp_path / "out" / "a")
+    repeated = pydicom.dcmread(tmp_path / "out" / "a")
+    assert (repeated.SeriesInstanceUID, repeated.SOPInstanceUID) == (a.SeriesInstanceUID, a.SOPInstanceUID)
