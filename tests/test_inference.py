@@ -328,37 +328,47 @@ def test_deidentified_capture_keeps_the_study_but_not_the_patient(run, tmp_path)
 
 
 def test_secondary_captures_join_the_source_study_one_series_per_source_series(tmp_path):
-    """In this process (a mutation run sees it): the study kept, one derived series per source series, the same
-    UIDs when a run is repeated into the same folder, the patient kept unless de-identification is asked for."""
-    write_dicom(tmp_path / "a.dcm", 64, 40, 1)
-    write_dicom(tmp_path / "b.dcm", 64, 40, 2)
-    other = pydicom.dcmread(tmp_path / "a.dcm")
-    other.SeriesInstanceUID, other.SOPInstanceUID, other.InstanceNumber = generate_uid(), generate_uid(), None
-    other.save_as(tmp_path / "c.dcm")
+    """In this process (a mutation run sees it): the study kept, one derived series per source series, the source's
+    instance numbers (else counted per series), the same UIDs when a run is repeated into the same folder, a source
+    without the DICOM preamble read as the reader reads it, a source without a study refused."""
+    write_dicom(tmp_path / "a.dcm", 64, 40, 7)
+    write_dicom(tmp_path / "b.dcm", 64, 40, 3)
+    other_series = generate_uid()
+    for name in ("c", "e"):  # another series, without instance numbers
+        other = pydicom.dcmread(tmp_path / "a.dcm")
+        other.SeriesInstanceUID, other.SOPInstanceUID = other_series, generate_uid()
+        del other.InstanceNumber
+        other.save_as(tmp_path / f"{name}.dcm")
+    raw = pydicom.dcmread(tmp_path / "b.dcm")
+    raw.SOPInstanceUID = generate_uid()
+    raw.preamble = None  # a bare data set, as some archives export: read only with force
+    raw.save_as(tmp_path / "f.dcm", enforce_file_format=False)
+    assert (tmp_path / "f.dcm").read_bytes()[128:132] != b"DICM"
     no_study = pydicom.dcmread(tmp_path / "a.dcm")
     del no_study.StudyInstanceUID
     no_study.save_as(tmp_path / "d.dcm")
+    overlay = np.zeros((64, 40, 3), np.uint8)
 
     def captures(out: Path) -> list:
         writer = SaliencyWriter(out, class_names=CLASSES)
         out.mkdir()
-        for name in ("a", "b", "c"):
-            writer.write_secondary_capture(str(tmp_path / f"{name}.dcm"), np.zeros((64, 40, 3), np.uint8), out / name)
+        for name in ("a", "b", "c", "e", "f"):
+            writer.write_secondary_capture(str(tmp_path / f"{name}.dcm"), overlay, out / name)
         with pytest.raises(ValueError, match="no StudyInstanceUID"):
-            writer.write_secondary_capture(str(tmp_path / "d.dcm"), np.zeros((64, 40, 3), np.uint8), out / "d")
-        return [pydicom.dcmread(out / name) for name in ("a", "b", "c")]
+            writer.write_secondary_capture(str(tmp_path / "d.dcm"), overlay, out / "d")
+        return [pydicom.dcmread(out / name) for name in ("a", "b", "c", "e", "f")]
 
-    a, b, c = captures(tmp_path / "out")
-    assert {a.StudyInstanceUID, b.StudyInstanceUID, c.StudyInstanceUID} == {STUDY_UID}
-    assert a.SeriesInstanceUID == b.SeriesInstanceUID != SERIES_UID  # a new series beside the source's
-    assert c.SeriesInstanceUID not in (a.SeriesInstanceUID, other.SeriesInstanceUID)
-    assert (a.InstanceNumber, b.InstanceNumber, c.InstanceNumber) == (1, 2, 1)  # the source's, else counted
-    assert len({a.SOPInstanceUID, b.SOPInstanceUID, c.SOPInstanceUID}) == 3
+    a, b, c, e, f = captures(tmp_path / "out")
+    assert {x.StudyInstanceUID for x in (a, b, c, e, f)} == {STUDY_UID}
+    assert a.SeriesInstanceUID == b.SeriesInstanceUID == f.SeriesInstanceUID != SERIES_UID  # beside the source's
+    assert c.SeriesInstanceUID == e.SeriesInstanceUID not in (a.SeriesInstanceUID, other_series)
+    assert [x.InstanceNumber for x in (a, b, c, e, f)] == [7, 3, 1, 2, 3]  # the source's, else counted per series
+    assert len({x.SOPInstanceUID for x in (a, b, c, e, f)}) == 5
     assert a.PatientID == "P-0042" and a.PixelSpacing == [0.5, 0.5]
     again = captures(tmp_path / "out_again")  # another folder: other UIDs; the same folder: the same UIDs
     assert again[0].SeriesInstanceUID != a.SeriesInstanceUID
     (tmp_path / "out" / "a").unlink()
     writer = SaliencyWriter(tmp_path / "out", class_names=CLASSES)
-    writer.write_secondary_capture(str(tmp_path / "a.dcm"), np.zeros((64, 40, 3), np.uint8), tmp_path / "out" / "a")
+    writer.write_secondary_capture(str(tmp_path / "a.dcm"), overlay, tmp_path / "out" / "a")
     repeated = pydicom.dcmread(tmp_path / "out" / "a")
     assert (repeated.SeriesInstanceUID, repeated.SOPInstanceUID) == (a.SeriesInstanceUID, a.SOPInstanceUID)

@@ -163,13 +163,21 @@ def test_paired_differences_compare_the_same_labelled_sets_and_seeds(tmp_path):
 
 
 def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
-    def row(method, n, seed, auc):
-        return {"task": "fundus", "method": method, "n_labeled": str(n), "seed": str(seed), "auc": auc}
+    def row(method, n, seed, auc, accuracy="", kappa=""):
+        return {
+            "task": "fundus",
+            "method": method,
+            "n_labeled": str(n),
+            "seed": str(seed),
+            "auc": auc,
+            "accuracy": accuracy,
+            "kappa": kappa,
+        }
 
     rows = [
-        row("teacher", 0, 0, "0.9"),
-        *(row("kd", 25, s, a) for s, a in ((0, "0.60"), (1, "0.70"), (2, "0.65"))),
-        *(row("medtex", 25, s, a) for s, a in ((0, "0.64"), (1, "0.69"), (2, "0.71"))),
+        row("teacher", 0, 0, "0.9", accuracy="0.8"),  # accuracy of the teacher alone: no accuracy table
+        *(row("kd", 25, s, a, kappa=k) for s, a, k in ((0, "0.60", "0.5"), (1, "0.70", ""), (2, "0.65", ""))),
+        *(row("medtex", 25, s, a, kappa=k) for s, a, k in ((0, "0.64", "0.6"), (1, "0.69", ""), (2, "0.71", ""))),
         row("medtex", 50, 0, "0.80"),
         row("medtex", 50, 1, "nan"),  # a failed evaluation: left out, not averaged in
         row("medtex", 50, 2, ""),
@@ -180,18 +188,40 @@ def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
     two = learning_curve.summarise([row("kd", 8, 0, "0.5"), row("kd", 8, 1, "0.7")], "auc")
     assert two["kd"][8] == pytest.approx((0.6, math.sqrt(0.02), 2))
     path = tmp_path / "lc.md"
-    learning_curve.write_markdown(path, rows, learning_curve.method_order(rows, ["medtex", "kd"]), "on 2 cores")
-    lines = path.read_text().splitlines()
-    assert lines[:4] == ["# Learning curve: fundus", "", "on 2 cores", ""]
-    table = lines[lines.index("## auc: mean ± sd (n seeds)") :]
-    assert table[2:6] == [
+    learning_curve.write_markdown(path, rows, ["medtex", "teacher", "kd"], "on 2 cores")
+    # medtex sd at n = 25: sqrt((0.04^2 + 0.01^2 + 0.03^2) / 2) = 0.036; medtex - kd: 0.04, -0.01, 0.06
+    assert path.read_text().split("\n") == [
+        "# Learning curve: fundus",
+        "",
+        "on 2 cores",
+        "",
+        "## auc: mean ± sd (n seeds)",
+        "",
         "| method | n = 25 | n = 50 |",
         "|---|---:|---:|",
-        "| medtex | 0.680 ± 0.036 (3) | 0.800 ± 0.000 (1) |",  # sd: sqrt((0.04^2 + 0.01^2 + 0.03^2) / 2)
+        "| medtex | 0.680 ± 0.036 (3) | 0.800 ± 0.000 (1) |",
         "| kd | 0.650 ± 0.050 (3) |  |",
+        "",
+        "Teacher (no local labels, trained on the teacher's data): auc 0.900.",
+        "",
+        "## kappa: mean ± sd (n seeds)",
+        "",
+        "| method | n = 25 | n = 50 |",
+        "|---|---:|---:|",
+        "| medtex | 0.600 ± 0.000 (1) |  |",
+        "| kd | 0.500 ± 0.000 (1) |  |",
+        "",
+        "## auc: paired differences (same labelled set and seed): mean ± sd (seeds where the first is higher / seeds)",
+        "",
+        "| methods | n = 25 | n = 50 |",
+        "|---|---:|---:|",
+        "| medtex - kd | +0.030 ± 0.036 (2/3) |  |",
+        "",
     ]
-    assert "Teacher (no local labels, trained on the teacher's data): auc 0.900." in lines
-    assert not any(line.startswith("## accuracy") for line in lines)  # no method has that metric
+    learning_curve.write_markdown(path, [row("kd", 8, 0, "0.5")], ["kd"], "one run")
+    assert path.read_text().startswith("# Learning curve: fundus\n\none run\n\n## auc")
+    learning_curve.write_markdown(path, [], [], "nothing finished yet")
+    assert path.read_text() == "# Learning curve: \n\nnothing finished yet\n"
 
 
 def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
@@ -205,6 +235,8 @@ def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
         row("scratch", 25, 1, 0.60),  # a tie: not a seed where medtex is higher
         row("mine", 25, 0, 0.75),  # a --method-config method, compared with medtex and scratch
         row("vid", 25, 0, 0.65),  # a baseline of configs/baselines/ outside the pairs: no row of its own
+        row("medtex", 50, 0, 0.80),
+        row("scratch", 50, 0, 0.85),
     ]
     path = tmp_path / "lc.md"
     methods = learning_curve.method_order(rows, ["medtex", "scratch"])
@@ -217,10 +249,10 @@ def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
     assert lines[start:] == [
         lines[start],
         "",
-        "| methods | n = 25 |",
-        "|---|---:|",
-        "| medtex - scratch | +0.050 ± 0.071 (1/2) |",  # differences 0.10 and 0.00: sd sqrt(0.005)
-        "| mine - medtex | +0.050 ± 0.000 (1/1) |",  # one seed in common: sd 0
-        "| mine - scratch | +0.150 ± 0.000 (1/1) |",
+        "| methods | n = 25 | n = 50 |",
+        "|---|---:|---:|",
+        "| medtex - scratch | +0.050 ± 0.071 (1/2) | -0.050 ± 0.000 (0/1) |",  # 0.10, 0.00: sd sqrt(0.005)
+        "| mine - medtex | +0.050 ± 0.000 (1/1) |  |",  # one seed in common: sd 0
+        "| mine - scratch | +0.150 ± 0.000 (1/1) |  |",
         "",
     ]

@@ -35,8 +35,7 @@ class PointingGameMetric(CumulativeIterationMetric):
         self.tolerance = tolerance
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if y_pred.ndim == 3:  # decollated items arrive without the batch axis
-            y_pred, y = y_pred[None], y[None]
+        # (B, 1, H, W): MONAI adds the batch axis back to decollated items (IterationMetric._compute_list)
         return pointing_game(y_pred, y, self.tolerance)
 
     def aggregate(self) -> float:
