@@ -23,7 +23,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCapture
 
 from bundle.data.inference import inference_items, list_input_files, resolve_class_names
 from bundle.data.readers import ImageReadError, MedicalImageReader
-from bundle.handlers.writers import SaliencyWriter
+from bundle.handlers.writers import SaliencyWriter, blend_overlay, jet, source_stem
 from bundle.networks import Explainer, MedTex, Student
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,3 +372,55 @@ def test_secondary_captures_join_the_source_study_one_series_per_source_series(t
     writer.write_secondary_capture(str(tmp_path / "a.dcm"), overlay, tmp_path / "out" / "a")
     repeated = pydicom.dcmread(tmp_path / "out" / "a")
     assert (repeated.SeriesInstanceUID, repeated.SOPInstanceUID) == (a.SeriesInstanceUID, a.SOPInstanceUID)
+
+
+def test_overlay_colours_and_blending_worked_out_by_hand():
+    # jet: 0 dark blue, 0.25 blue-cyan, 0.5 green, 1 dark red; values outside [0, 1] take the end colours
+    np.testing.assert_allclose(
+        jet(np.array([0.0, 0.25, 0.5, 1.0, -1.0, 2.0])),
+        [[0, 0, 0.5], [0, 0.5, 1], [0.5, 1, 0.5], [0.5, 0, 0], [0, 0, 0.5], [0.5, 0, 0]],
+    )
+    # default alpha 0.6: gray 0.2 under mask 0 stays gray; gray 1.5 (clipped to 1) under mask 0.5 takes 0.3 of
+    # green-ish jet(0.5); gray 0.1 under mask 2 (clipped to 1) takes 0.6 of jet(1); gray -0.3 under mask -1 is black
+    gray = np.array([[0.2, 1.5, 0.1, -0.3]])
+    mask = np.array([[0.0, 0.5, 2.0, -1.0]])
+    expected = [[[51, 51, 51], [217, 255, 217], [87, 10, 10], [0, 0, 0]]]  # 0.7 + 0.15 = 0.85 -> 216.75 -> 217
+    np.testing.assert_array_equal(blend_overlay(gray, mask), expected)
+    rgb = np.array([[[0.2, 0.4, 0.6]]])  # a colour image is blended as it is
+    np.testing.assert_array_equal(blend_overlay(rgb, np.array([[0.0]])), [[[51, 102, 153]]])
+    np.testing.assert_array_equal(blend_overlay(rgb, np.array([[1.0]]), alpha=1.0), [[[128, 0, 0]]])
+    assert [source_stem(p) for p in ("a/scan.nii.gz", "IM0001", "1.2.840.10008.dcm", "x.PNG")] == [
+        "scan",
+        "IM0001",
+        "1.2.840.10008",
+        "x",
+    ]
+
+
+def test_a_resumed_writer_keeps_the_rows_and_names_of_the_killed_run(tmp_path):
+    out = tmp_path / "deep" / "er" / "out"  # made with its parents
+    images = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / folder / "rgb.png")
+        images.append(str(tmp_path / folder / "rgb.png"))
+
+    def write(writer: SaliencyWriter, source: str) -> None:
+        engine = SimpleNamespace(state=SimpleNamespace())
+        engine.state.batch = [{"source": source, "valid": torch.tensor(True), "error": ""}]
+        engine.state.output = [{"pred": torch.tensor([0.2, 0.8]), "saliency": torch.rand(1, 8, 8)}]
+        writer(engine)
+
+    first = SaliencyWriter(out, class_names=["x", "y"])
+    first.started(SimpleNamespace(state=SimpleNamespace()))
+    write(first, images[0])
+    with open(out / "predictions.csv", "a") as f:
+        f.write(f"{tmp_path / 'c.png'},0.5")  # a row a kill cut short
+    second = SaliencyWriter(out, class_names=["x", "y"])
+    second.started(SimpleNamespace(state=SimpleNamespace()))
+    write(second, images[1])
+    rows = read_csv(out / "predictions.csv")
+    assert [r["file"] for r in rows] == images and [r["predicted"] for r in rows] == ["y", "y"]
+    assert (out / "rgb_overlay.png").is_file() and (out / "rgb_1_overlay.png").is_file()  # as in one run
+    with pytest.raises(ValueError, match="other columns"):
+        SaliencyWriter(out, class_names=["x", "z"]).started(SimpleNamespace(state=SimpleNamespace()))
