@@ -239,11 +239,12 @@ class MedicalImageReader(ImageReader):
                     if factor > 1 and im.format == "JPEG":  # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly
                         im.draft(im.mode, (im.width // factor, im.height // factor))
                     im.load()
-                    im = ImageOps.exif_transpose(im)  # phone and camera JPEGs store rotation in EXIF
+                    im = ImageOps.exif_transpose(im)  # type: ignore[assignment]  # EXIF rotation (phones, cameras)
                     mode = im.mode
-                    if getattr(im, "n_frames", 1) > 1:
+                    n_frames = getattr(im, "n_frames", 1)
+                    if n_frames > 1:
                         if self.frame is None:
-                            raise ImageReadError(path, f"multi-frame image ({im.n_frames} frames); set frame")
+                            raise ImageReadError(path, f"multi-frame image ({n_frames} frames); set frame")
                         im.seek(self.frame)
                     stored, bits = _pil_to_array(im)
                     array = _reduce_blocks(stored, self._reduction(*stored.shape[:2]), as_float=True)
@@ -337,7 +338,7 @@ class MedicalImageReader(ImageReader):
         import nibabel as nib
 
         try:
-            img = nib.load(str(path))
+            img: Any = nib.load(str(path))  # a NIfTI image: shape and dataobj (nibabel's stubs say less)
             shape = img.shape
             if len(shape) >= 2:
                 self._check_size(path, int(shape[1]), int(shape[0]), "NIfTI slice")

@@ -35,7 +35,9 @@ class LoadMedicalImage(LoadImage):
 
     def __init__(self, reader: MedicalImageReader | None = None) -> None:
         self.medical_reader = reader if reader is not None else MedicalImageReader()
-        super().__init__(reader=self.medical_reader, image_only=True, dtype=torch.float32, ensure_channel_first=True)
+        # LoadImage takes a torch dtype too, though its annotation names numpy's
+        dtype: Any = torch.float32
+        super().__init__(reader=self.medical_reader, image_only=True, dtype=dtype, ensure_channel_first=True)
 
     def __call__(self, filename: Sequence[os.PathLike | str] | os.PathLike | str, reader: Any = None) -> MetaTensor:
         return super().__call__(filename, reader=reader or self.medical_reader)

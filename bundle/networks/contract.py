@@ -121,6 +121,10 @@ class TeacherInput(nn.Module):
     the teacher's contract is the student's, ``forward`` returns its input as it is.
     """
 
+    scale: torch.Tensor  # buffers (typed for mypy)
+    shift: torch.Tensor
+    luma: torch.Tensor
+
     def __init__(
         self,
         student_channels: int,
@@ -186,6 +190,8 @@ class TeacherOutputs(nn.Module):
     ``1 - (1 - p) / 2(1 - t)`` above) is inverted to ``p``, then as sigmoid outputs. Probabilities are clamped to
     [1e-6, 1 - 1e-6]: a saturated sigmoid carries no more than that.
     """
+
+    thresholds: torch.Tensor  # a buffer (typed for mypy)
 
     def __init__(self, output: str, task: str, labels: LabelMap, thresholds: Optional[Sequence[float]] = None) -> None:
         super().__init__()
@@ -419,7 +425,7 @@ def bundle_network(bundle: Union[str, os.PathLike], weights: Union[str, os.PathL
     if metadata_file is not None:
         parser.read_meta(str(metadata_file))
     parser["bundle_root"] = str(bundle)
-    if "network_def" not in parser.config:
+    if parser.get("network_def") is None:
         raise ValueError(f"teacher_bundle: {inference_file} defines no network_def")
     if str(bundle) not in sys.path:
         sys.path.insert(0, str(bundle))
