@@ -334,11 +334,14 @@ def test_secondary_captures_join_the_source_study_one_series_per_source_series(t
     write_dicom(tmp_path / "a.dcm", 64, 40, 7)
     write_dicom(tmp_path / "b.dcm", 64, 40, 3)
     other_series = generate_uid()
-    for name in ("c", "e"):  # another series, without instance numbers
+    for name in ("c", "e"):  # another series, without instance numbers, spacing or study description
         other = pydicom.dcmread(tmp_path / "a.dcm")
         other.SeriesInstanceUID, other.SOPInstanceUID = other_series, generate_uid()
-        del other.InstanceNumber
+        del other.InstanceNumber, other.PixelSpacing
         other.save_as(tmp_path / f"{name}.dcm")
+    described = pydicom.dcmread(tmp_path / "a.dcm")
+    described.StudyDescription, described.PatientOrientation = "chest CT", ["A", "F"]
+    described.save_as(tmp_path / "a.dcm")
     raw = pydicom.dcmread(tmp_path / "b.dcm")
     raw.SOPInstanceUID = generate_uid()
     raw.preamble = None  # a bare data set, as some archives export: read only with force
@@ -364,7 +367,26 @@ def test_secondary_captures_join_the_source_study_one_series_per_source_series(t
     assert c.SeriesInstanceUID == e.SeriesInstanceUID not in (a.SeriesInstanceUID, other_series)
     assert [x.InstanceNumber for x in (a, b, c, e, f)] == [7, 3, 1, 2, 3]  # the source's, else counted per series
     assert len({x.SOPInstanceUID for x in (a, b, c, e, f)}) == 5
-    assert a.PatientID == "P-0042" and a.PixelSpacing == [0.5, 0.5]
+    assert a.PatientID == "P-0042" and a.PixelSpacing == [0.5, 0.5] and "PixelSpacing" not in e
+    # the patient module copied (group 0x0010), nothing else of the source's header; the study description kept
+    assert (a.PatientName, a.PatientBirthDate, a.PatientAge) == ("Doe^Jane", BIRTH_DATE, "061Y")
+    assert "InstitutionName" not in a and "AccessionNumber" in a  # highdicom keeps the accession (same study)
+    assert a.StudyDescription == "chest CT" and "StudyDescription" not in c
+    assert a.PatientOrientation == ["A", "F"] and not c.get("PatientOrientation")
+    assert (a.SeriesDescription, a.Manufacturer, a.SeriesNumber) == (
+        "MED-TEX saliency overlay",
+        "MED-TEX MONAI bundle",
+        9001,
+    )
+    assert a.DerivationDescription == "explainer saliency mask (jet colormap) blended over the source image"
+    source = pydicom.dcmread(tmp_path / "a.dcm")
+    reference = a.SourceImageSequence[0]
+    assert (reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID) == (
+        CTImageStorage,
+        source.SOPInstanceUID,
+    )
+    assert (tmp_path / "out" / "a").read_bytes()[128:132] == b"DICM"  # a DICOM file with its preamble and meta
+    assert a.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     again = captures(tmp_path / "out_again")  # another folder: other UIDs; the same folder: the same UIDs
     assert again[0].SeriesInstanceUID != a.SeriesInstanceUID
     (tmp_path / "out" / "a").unlink()
@@ -422,5 +444,11 @@ def test_a_resumed_writer_keeps_the_rows_and_names_of_the_killed_run(tmp_path):
     rows = read_csv(out / "predictions.csv")
     assert [r["file"] for r in rows] == images and [r["predicted"] for r in rows] == ["y", "y"]
     assert (out / "rgb_overlay.png").is_file() and (out / "rgb_1_overlay.png").is_file()  # as in one run
+    before = (out / "predictions.csv").read_text()
+    SaliencyWriter(out, class_names=["x", "y"]).started(SimpleNamespace(state=SimpleNamespace()))
+    assert (out / "predictions.csv").read_text() == before  # nothing cut short: every row kept
     with pytest.raises(ValueError, match="other columns"):
         SaliencyWriter(out, class_names=["x", "z"]).started(SimpleNamespace(state=SimpleNamespace()))
+    (out / "predictions.csv").write_text("")  # emptied: not the columns of this run either
+    with pytest.raises(ValueError, match=r"other columns \(\)"):
+        SaliencyWriter(out, class_names=["x", "y"]).started(SimpleNamespace(state=SimpleNamespace()))

@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from bundle.engines.metrics import (
+    Accuracy,
     AccuracyMetric,
     OperatingPoint,
     OperatingPointMetric,
@@ -170,3 +171,10 @@ def test_multilabel_accuracy_of_only_unknown_labels_is_undefined_and_handlers_st
     assert all(math.isnan(Engine.state.metrics[k]) for k in ("specificity", "specificity_a", "specificity_b"))
     with pytest.raises(ValueError, match="2 per-class specificity values for 3 class names"):
         store_per_class(Engine, "specificity", ["a", "b", "c"], np.zeros(2))
+
+
+def test_accuracy_handler_passes_its_task_and_threshold_to_the_metric():
+    pred, y = torch.tensor([[0.4, 0.3]]), torch.tensor([[1.0, 0.0]])
+    for handler, expected in ((Accuracy(), 1.0), (Accuracy(multilabel=True), 0.5), (Accuracy(True, 0.35), 1.0)):
+        handler.metric_fn(pred, y)  # multi-class: argmax 0 is right; multi-label at 0.5: 0.4 missed, 0.3 right
+        assert handler.metric_fn.aggregate() == expected
