@@ -394,6 +394,11 @@ def test_secondary_captures_join_the_source_study_one_series_per_source_series(t
     writer.write_secondary_capture(str(tmp_path / "a.dcm"), overlay, tmp_path / "out" / "a")
     repeated = pydicom.dcmread(tmp_path / "out" / "a")
     assert (repeated.SeriesInstanceUID, repeated.SOPInstanceUID) == (a.SeriesInstanceUID, a.SOPInstanceUID)
+    moved = tmp_path / "moved" / "a_copy.dcm"  # the same source instance read from elsewhere: the same capture UIDs
+    moved.parent.mkdir()
+    moved.write_bytes((tmp_path / "a.dcm").read_bytes())
+    writer.write_secondary_capture(str(moved), overlay, tmp_path / "out" / "a_copy")
+    assert pydicom.dcmread(tmp_path / "out" / "a_copy").SOPInstanceUID == a.SOPInstanceUID
 
 
 def test_overlay_colours_and_blending_worked_out_by_hand():
