@@ -287,7 +287,8 @@ def test_a_failed_write_is_reported_and_the_rest_still_written(tmp_path):
     assert [Path(r["file"]).name for r in predictions] == ["gone.png", "good.png"]
     assert predictions[1]["predicted"] == "a;c"  # multilabel: every class from the 0.5 threshold
     errors = {Path(r["file"]).name: r["reason"] for r in read_csv(tmp_path / "out" / "errors.csv")}
-    assert errors["bad.png"] == "cannot decode image" and errors["gone.png"].startswith("writing outputs failed")
+    assert errors["bad.png"] == "cannot decode image"
+    assert errors["gone.png"].startswith("writing outputs failed: ImageReadError: ")
     assert Image.open(tmp_path / "out" / "good_overlay.png").size == (30, 20)
     assert (writer.n_predicted, writer.n_errors) == (2, 2)
 
@@ -457,3 +458,58 @@ def test_a_resumed_writer_keeps_the_rows_and_names_of_the_killed_run(tmp_path):
     (out / "predictions.csv").write_text("")  # emptied: not the columns of this run either
     with pytest.raises(ValueError, match=r"other columns \(\)"):
         SaliencyWriter(out, class_names=["x", "y"]).started(SimpleNamespace(state=SimpleNamespace()))
+
+
+def test_writer_maps_at_source_resolution_routing_and_counts(tmp_path):
+    """In this process: each map is the mask resized (bilinear, corners not aligned) to the source's pixel grid and
+    clipped to [0, 1]; NIfTI sources keep their affine, DICOM sources get a capture; rows, errors and counts."""
+    from monai.data import MetaTensor
+
+    Image.fromarray(np.full((8, 6), 100, np.uint8)).save(tmp_path / "a.png")
+    write_dicom(tmp_path / "b.dcm", 10, 12, 1)
+    affine = np.diag([2.0, 3.0, 1.0, 1.0])
+    affine[:3, 3] = [5.0, -4.0, 7.0]
+    nib.save(nib.Nifti1Image(np.ones((4, 6), np.float32), affine), str(tmp_path / "c.nii.gz"))  # x=4, y=6
+    mask = torch.tensor([[[-1.0, 1.0], [0.5, 2.0]]])  # out of [0, 1] on purpose: the written map is clipped
+
+    def expected(rows: int, cols: int) -> np.ndarray:
+        resized = F.interpolate(mask[None], size=(rows, cols), mode="bilinear", align_corners=False)[0, 0]
+        return resized.clamp(0, 1).numpy()
+
+    writer = SaliencyWriter(tmp_path / "out", class_names=["a", "b", "c"])
+    writer.started(SimpleNamespace(state=SimpleNamespace()))
+    engine = SimpleNamespace(state=SimpleNamespace())
+    engine.state.batch = [
+        {"source": str(tmp_path / "x.png"), "valid": torch.tensor(False), "error": ""},  # first: the rest go on
+        {"source": str(tmp_path / "a.png")},  # no "valid": valid
+        {"source": str(tmp_path / "b.dcm"), "valid": torch.tensor(True)},
+        {"image": MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": str(tmp_path / "c.nii.gz")})},
+    ]
+    probabilities = torch.tensor([0.4, 0.35, 0.25])  # multi-class: the most probable, though under 0.5
+    engine.state.output = [{"pred": probabilities, "saliency": mask} for _ in range(4)]
+    writer(engine)
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    assert [Path(r["file"]).name for r in rows] == ["a.png", "b.dcm", "c.nii.gz"]
+    assert [r["predicted"] for r in rows] == ["a", "a", "a"] and rows[0]["b"] == "0.350000"
+    assert read_csv(tmp_path / "out" / "errors.csv") == [{"file": str(tmp_path / "x.png"), "reason": "unreadable"}]
+    for stem, (rows_, cols), source_affine in (
+        ("a", (8, 6), np.eye(4)),
+        ("b", (10, 12), np.eye(4)),
+        ("c", (6, 4), affine),
+    ):
+        saliency = nib.load(str(tmp_path / "out" / f"{stem}_saliency.nii.gz"))
+        np.testing.assert_allclose(np.asarray(saliency.dataobj).T, expected(rows_, cols), atol=1e-6)
+        np.testing.assert_allclose(saliency.affine, source_affine)
+        image, _ = MedicalImageReader().read_file(str(next(tmp_path.glob(f"{stem}.*"))))
+        overlay = np.asarray(Image.open(tmp_path / "out" / f"{stem}_overlay.png"))
+        np.testing.assert_array_equal(overlay, blend_overlay(image, expected(rows_, cols), 0.6))
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.dcm")) == ["b_overlay.dcm"]
+    assert (writer.n_predicted, writer.n_errors, writer.n_overlays, writer.n_dicom) == (3, 1, 3, 1)
+    writer.write_dicom = False
+    engine.state.batch, engine.state.output = engine.state.batch[2:3], engine.state.output[:1]
+    writer(engine)  # counts add up over batches; no capture when write_dicom is off
+    assert (writer.n_predicted, writer.n_errors, writer.n_overlays, writer.n_dicom) == (4, 1, 4, 1)
+    assert not (tmp_path / "out" / "b_1_overlay.dcm").exists() and (tmp_path / "out" / "b_1_overlay.png").is_file()
+    engine.state.batch = {"image": torch.zeros(1, 1, 2, 2)}
+    with pytest.raises(ValueError, match="decollated"):
+        writer(engine)
