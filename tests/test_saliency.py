@@ -27,6 +27,7 @@ from bundle.explain import (
     make_saliency,
     saliency_scores,
 )
+from bundle.explain.faithfulness import substrate_images
 from bundle.explain.saliency import default_target_layer, normalize_maps
 from bundle.networks import Explainer, FrozenTeacher, MedTex, Student
 
@@ -273,3 +274,51 @@ def test_normalize_maps_rescales_per_image_and_zeroes_constant_maps():
     out = normalize_maps(maps)
     torch.testing.assert_close(out[0, 0], torch.tensor([[0.0, 0.25], [0.5, 1.0]]))
     assert out[1].abs().max() == 0.0
+
+
+class _Recorder(nn.Module):
+    """Returns fixed logits and keeps what it was called with (and whether in training mode)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits, self.inputs, self.modes = logits, [], []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.clone())
+        self.modes.append(self.training)
+        return self.logits[: x.shape[0]]
+
+
+def test_fidelity_shows_the_classifier_m_x_plus_one_minus_m_b_in_eval_mode():
+    torch.manual_seed(0)
+    images, maps = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    logits = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])  # full images at logit 0: p = 0.5
+    for options, blurred in (({}, None), ({"substrate": "blur"}, 4.0), ({"substrate": "blur", "blur_sigma": 2.0}, 2.0)):
+        model = _Recorder(logits).train()
+        scores = fidelity(model, images, maps, task="multilabel", **options)
+        b = substrate_images(images, "blur", blurred) if blurred else torch.zeros_like(images)
+        torch.testing.assert_close(model.inputs[0], torch.cat([images, maps * images + (1 - maps) * b]))
+        assert model.modes == [False] and model.training  # eval mode inside, restored after
+        assert scores.tolist() == [1.0, 1.0]  # p = 0.5 counts as present, like p = 0.73 on the masked images
+
+
+def test_saliency_scores_pass_every_option_to_the_measures():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    images, maps = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8) * 0.9
+    maps[:, 0, 2, 2] = 1.0  # each map's peak, one pixel diagonal from the lesion below
+    masks = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    masks[:, 0, 3:6, 3:6] = 1
+    options = dict(task="multilabel", class_index=1, substrate="blur", blur_sigma=2.0, steps=5)
+    scores = saliency_scores(
+        model, images, maps, masks, chunk_size=2, iou_threshold=0.4, pointing_tolerance=1, **options
+    )
+    torch.testing.assert_close(scores["deletion_auc"], deletion_auc(model, images, maps, **options))
+    torch.testing.assert_close(scores["insertion_auc"], insertion_auc(model, images, maps, **options))
+    fidelity_options = {k: options[k] for k in ("task", "substrate", "blur_sigma")}
+    torch.testing.assert_close(scores["fidelity"], fidelity(model, images, maps, **fidelity_options))
+    assert scores["pointing_game"].tolist() == [1.0, 1.0, 1.0]  # a hit only with tolerance 1
+    torch.testing.assert_close(scores["iou"], iou(maps, masks.float(), 0.4))
+    defaults = saliency_scores(model, images, maps, masks)  # the options above change every measure they reach
+    for key in ("deletion_auc", "insertion_auc", "pointing_game", "iou"):
+        assert not torch.allclose(defaults[key], scores[key]), key
