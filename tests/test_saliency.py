@@ -322,3 +322,14 @@ def test_saliency_scores_pass_every_option_to_the_measures():
     defaults = saliency_scores(model, images, maps, masks)  # the options above change every measure they reach
     for key in ("deletion_auc", "insertion_auc", "pointing_game", "iou"):
         assert not torch.allclose(defaults[key], scores[key]), key
+
+
+def test_iou_and_auprc_at_their_boundaries():
+    # a lesion of one pixel, and a resized mask's half-covered pixel (0.5) that does not count as lesion
+    maps = torch.zeros(1, 1, 3, 3)
+    maps[0, 0, 1, 1], maps[0, 0, 0, 0] = 1.0, 0.4
+    masks = torch.zeros(1, 1, 3, 3)
+    masks[0, 0, 1, 1], masks[0, 0, 2, 2] = 1.0, 0.5
+    assert iou(maps, masks).tolist() == [1.0]  # top-1 pixel is the lesion: IoU 1, not NaN or 1/2
+    assert iou(maps, masks, threshold=0.4).tolist() == [0.5]  # 0.4 is selected at threshold 0.4: 1 of 2
+    assert auprc(maps, masks).tolist() == [1.0]  # were 0.5 a lesion, the last-ranked pixel would lower it
