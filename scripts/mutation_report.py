@@ -29,6 +29,8 @@ VERDICTS = {
     "message": "changes only the text of an error or log message, not when it is raised or what is computed",
     "unreachable": "changes a branch that the code's callers cannot reach",
     "not a number": "changes output that holds no reported number (file layout, picture, progress)",
+    "loud": "makes the code fail with an error on a path no test of the run takes (no wrong number is written)",
+    "open": "changes a number, a decision or a file a user reads and no test of the run catches it: work left to do",
 }
 
 
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "kill_rate_of_tested": (totals["killed"] + totals["timeout"]) / tested if tested else None,
         "per_file": {f: dict(c) for f, c in sorted(per_file.items())},
         "unreviewed_survivors": sum(s["verdict"] is None for s in survivors),
+        "open_survivors": sum(s["verdict"] == "open" for s in survivors),
         "survivors": survivors,
     }
     if args.todo:
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     OUT.with_suffix(".md").write_text(markdown(report))
     killed = totals["killed"] + totals["timeout"]
     print(f"{tested} mutants reached by tests, {killed} killed; {len(survivors)} survived")
-    print(f"({report['unreviewed_survivors']} not yet reviewed); {totals['no tests']} reached by no test of the run")
+    print(f"({report['unreviewed_survivors']} not yet reviewed, {report['open_survivors']} open);", end=" ")
+    print(f"{totals['no tests']} reached by no test of the run")
     print(f"wrote {OUT.with_suffix('.json')} and {OUT.with_suffix('.md')}")
     return 0
 
