@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The mutation run of docs/RELIABILITY.md ("Mutation testing"): mutmut over the workflow code named in pyproject.toml
 # [tool.mutmut], then docs/results/mutation.{json,md} from its results and the reviewed survivors of
-# docs/mutation_review.yaml. From a fresh start: rerunning on a mutants/ folder left by an earlier run only runs the
-# mutants it has no result for.
+# docs/mutation_review.yaml. It starts fresh (removes mutants/); to go on with a stopped run instead, call
+# `mutmut run` yourself: it runs only the mutants without a result.
 #   bash scripts/mutation_run.sh            # MAX_CHILDREN=2 (one per core here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
