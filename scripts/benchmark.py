@@ -67,8 +67,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bundle.data.datalist import load_datalist, save_datalist  # noqa: E402
-from bundle.data.demo import generate_demo_data  # noqa: E402
 from bundle.data.transforms import LoadMedicalImage  # noqa: E402
+from bundle.datasets.demo import generate_demo_data  # noqa: E402
 from bundle.engines.precompute import TEACHER_FEATURES, TEACHER_LOGITS  # noqa: E402
 from bundle.engines.trainer import loss_terms  # noqa: E402
 from bundle.explain import make_saliency  # noqa: E402

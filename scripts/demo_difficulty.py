@@ -28,8 +28,8 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.data.datalist import load_datalist, read_datalist_info  # noqa: E402
-from bundle.data.demo import generate_demo_data  # noqa: E402
 from bundle.data.readers import MedicalImageReader  # noqa: E402
+from bundle.datasets.demo import generate_demo_data  # noqa: E402
 
 
 def read_image(path):

@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bundle.data.datalist import ITEM_LIST_KEYS, load_datalist, read_datalist_info, save_datalist  # noqa: E402
-from bundle.data.demo import DOMAINS, TASKS, generate_demo_data  # noqa: E402
 from bundle.data.splits import select_labeled  # noqa: E402
+from bundle.datasets.demo import DOMAINS, TASKS, generate_demo_data  # noqa: E402
 from bundle.files import file_sha256  # noqa: E402
 from bundle.report import write_html_report  # noqa: E402
 

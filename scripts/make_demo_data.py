@@ -4,7 +4,7 @@
         --size 64 --seed 0 [--domain A|B] [--n-unlabeled 0]
 
 Fundus images are 8-bit RGB PNGs (5 DR-like grades), chest X-rays are DICOM files (4 independent findings);
-see bundle/data/demo.py and docs/DEMO_DATA.md. The same arguments always give byte-identical files.
+see bundle/datasets/demo/ and docs/DEMO_DATA.md. The same arguments always give byte-identical files.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.data.demo import DOMAINS, SPLIT_PREFIX, TASKS, generate_demo_data  # noqa: E402
+from bundle.datasets.demo import DOMAINS, SPLIT_PREFIX, TASKS, generate_demo_data  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

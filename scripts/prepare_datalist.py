@@ -20,9 +20,9 @@ import logging  # noqa: E402
 import os  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bundle.data.converters import CONVERTERS  # noqa: E402
 from bundle.data.datalist import ITEM_LIST_KEYS, SPLIT_KEYS, load_datalist, save_datalist  # noqa: E402
 from bundle.data.splits import select_labeled  # noqa: E402
+from bundle.datasets import CONVERTERS  # noqa: E402
 
 # command-line option -> converter keyword; an option a format's converter does not take is an error
 FORMAT_OPTIONS = {

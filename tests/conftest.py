@@ -10,7 +10,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import DenseNet121
 
-from bundle.data.demo import generate_demo_data
+from bundle.datasets.demo import generate_demo_data
 from bundle.networks import MedTex
 from bundle.networks.teacher import load_weights
 

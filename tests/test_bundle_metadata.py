@@ -22,7 +22,7 @@ from monai.utils import BundleProperty
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from bundle.data.demo import FUNDUS_CLASSES
+from bundle.datasets.demo import FUNDUS_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 META = json.loads((ROOT / "configs" / "metadata.json").read_text())

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 
 from bundle.data.datalist import load_datalist
-from bundle.data.demo import generate_demo_data
+from bundle.datasets.demo import generate_demo_data
 from bundle.explain import SALIENCY_METHODS
 from scripts import compare_saliency  # a package module: a mutation run replaces scripts/
 

@@ -16,7 +16,9 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from bundle.data.converters import (
+from bundle.data.datalist import load_datalist, save_datalist
+from bundle.data.splits import item_stratum, select_labeled, split_items
+from bundle.datasets import (
     CHESTXRAY14_CLASSES,
     CONVERTERS,
     chexpert_value,
@@ -31,8 +33,6 @@ from bundle.data.converters import (
     convert_medmnist,
     eyepacs_patient,
 )
-from bundle.data.datalist import load_datalist, save_datalist
-from bundle.data.splits import item_stratum, select_labeled, split_items
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("training", "validation", "test")

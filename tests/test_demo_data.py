@@ -24,7 +24,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from bundle.data.datalist import load_datalist, read_datalist_info, validate_datalist
-from bundle.data.demo import (
+from bundle.data.readers import MedicalImageReader
+from bundle.datasets.demo import (
     CXR_CLASSES,
     FUNDUS_CLASSES,
     demo_sample,
@@ -34,7 +35,6 @@ from bundle.data.demo import (
     synth_fundus,
     write_cxr_dicom,
 )
-from bundle.data.readers import MedicalImageReader
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_demo_data.py"

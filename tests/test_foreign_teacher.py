@@ -16,7 +16,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import DenseNet121
 
-from bundle.data.demo import generate_demo_data
+from bundle.datasets.demo import generate_demo_data
 from bundle.engines.precompute import TEACHER_LOGITS
 from bundle.networks.teacher import load_weights
 

@@ -14,6 +14,7 @@ FLOORS = {
     "data": 1,
     "networks": 2,
     "losses": 2,
+    "datasets": 2,
     "engines": 3,
     "explain": 3,
     "handlers": 4,

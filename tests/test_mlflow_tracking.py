@@ -15,7 +15,7 @@ import torch
 from monai.networks.nets import DenseNet121
 from monai.utils import path_to_sqlite_uri
 
-from bundle.data.demo import FUNDUS_CLASSES, generate_demo_data
+from bundle.datasets.demo import FUNDUS_CLASSES, generate_demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image_size", "32", "--batch_size", "4", "--num_workers", "0", "--cache_rate", "0", "--preflight", "False"]

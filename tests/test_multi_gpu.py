@@ -16,7 +16,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.nets import DenseNet121
 
-from bundle.data.demo import generate_demo_data
+from bundle.datasets.demo import generate_demo_data
 from bundle.networks.teacher import load_weights
 from tests.conftest import inference_network
 

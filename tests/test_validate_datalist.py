@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
-from bundle.data.demo import generate_demo_data
 from bundle.data.preflight import preflight, preflight_or_exit
 from bundle.data.readers import MedicalImageReader
+from bundle.datasets.demo import generate_demo_data
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "validate_datalist.py"
 _spec = importlib.util.spec_from_file_location("validate_datalist", SCRIPT)

@@ -17,7 +17,7 @@ from monai.bundle import run as run_bundle
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 from bundle.data.datalist import load_datalist
-from bundle.data.demo import generate_demo_data
+from bundle.datasets.demo import generate_demo_data
 from tests.conftest import predictions_of
 
 ROOT = Path(__file__).resolve().parents[1]
