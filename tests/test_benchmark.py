@@ -7,16 +7,15 @@ import json
 import math
 import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import benchmark
+from scripts.benchmarking import render
 
-import benchmark  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RATIOS = (
     "saliency_speedup_vs_gradcam",
@@ -172,7 +171,7 @@ def test_training_throughput_of_teacher_and_medtex_in_the_configs_precision(repo
         assert "amp_speedup" not in record[workflow]
     # MED-TEX's frozen teacher runs in bfloat16 where the CPU has it natively (teacher_bf16: auto)
     assert record["medtex"]["default"]["teacher_bf16"] == results["machine"]["bf16_native"]
-    teacher_rate = benchmark.number(record["teacher"]["default"]["images_per_second"])
+    teacher_rate = render.number(record["teacher"]["default"]["images_per_second"])
     assert f"| teacher (configs/train_teacher.yaml) | {teacher_rate} |" in markdown
     assert "AMP is CUDA only" in markdown
 
@@ -190,13 +189,13 @@ def test_training_throughput_section_on_cuda_puts_amp_beside_fp32():
         "teacher": {"fp32": figures(100.0, 9000.0), "amp": figures(250.0, 5000.0), "amp_speedup": 2.5},
         "medtex": {"fp32": figures(80.0, 7000.0), "amp": figures(160.0, 4000.0), "amp_speedup": 2.0},
     }
-    lines = benchmark.training_throughput_markdown(record)
+    lines = render.training_throughput_markdown(record)
     text = "\n".join(lines)
     assert "| training | AMP images/s | fp32 images/s | AMP speedup | AMP peak MiB | fp32 peak MiB |" in text
     assert "| teacher (configs/train_teacher.yaml) | 250 | 100 | 2.5 | 5,000 | 9,000 |" in text
     assert "| MED-TEX (configs/train.yaml) | 160 | 80 | 2 | 4,000 | 7,000 |" in text
     assert "MED-TEX training moves 0.64x the images per second of the teacher's (AMP)" in text
-    assert benchmark.training_throughput_markdown(None) == []  # JSON files from before the section
+    assert render.training_throughput_markdown(None) == []  # JSON files from before the section
 
 
 def test_machine_settings_and_targets_are_recorded(report):
@@ -233,13 +232,31 @@ def test_markdown_has_every_section_with_machine_and_command(report):
     assert "## Explainer scale 2 (pool) instead of 1" in markdown
     for other in results["other_students"]:
         assert "## Student of `" + other["student_config"] + "` instead of the config's" in markdown
-        assert f"{benchmark.number(other['student_speedup_vs_teacher'])}x latency at batch 1 (target >= 5:" in markdown
+        assert f"{render.number(other['student_speedup_vs_teacher'])}x latency at batch 1 (target >= 5:" in markdown
     throughput = results["student_throughput_speedup_vs_teacher"]
-    assert f"the explainer + student is {benchmark.number(throughput)}x the teacher" in markdown
+    assert f"the explainer + student is {render.number(throughput)}x the teacher" in markdown
+
+
+def test_the_report_is_written_from_the_json_alone(report, tmp_path):
+    """--from-json measures nothing and writes the very markdown the run wrote: the tables come from the JSON only."""
+    results, markdown = report
+    (tmp_path / "run.json").write_text(json.dumps(results))
+    assert benchmark.main(["--from-json", str(tmp_path / "run.json"), "--md", str(tmp_path / "again.md")]) == 0
+    assert (tmp_path / "again.md").read_text() == markdown
+
+
+@pytest.mark.parametrize("json_name, report_name", [("cpu", "PERFORMANCE.md"), ("cuda", "PERFORMANCE_CUDA.md")])
+def test_the_committed_performance_reports_are_renderings_of_the_committed_json(tmp_path, json_name, report_name):
+    """docs/PERFORMANCE*.md are generated from docs/results/benchmark_*.json: one home for their figures."""
+    committed = json.loads((ROOT / "docs" / "results" / f"benchmark_{json_name}.json").read_text())
+    render.write_markdown(tmp_path / report_name, committed)
+    assert (tmp_path / report_name).read_text() == (ROOT / "docs" / report_name).read_text()
 
 
 def test_rejects_bad_arguments():
     for argv in (
+        ["--from-json", "missing.json", "--md", "out.md"],
+        ["--from-json", "docs/results/benchmark_cpu.json"],
         ["--image-size", "16"],
         ["--batch-size", "0"],
         ["--occlusion-overlap", "1.0"],

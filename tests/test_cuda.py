@@ -108,8 +108,7 @@ def test_ddp_training_with_nccl(data, teacher_ckpt, tmp_path, monkeypatch):
 
 def test_benchmark_times_training_with_amp_beside_fp32(tmp_path):
     """scripts/benchmark.py on the GPU (issue 5, item 3): teacher and MED-TEX training images/s, AMP against fp32."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import benchmark
+    from scripts import benchmark
 
     argv = ["--quick", "--device", "cuda", "--image-size", "64", "--batch-size", "4", "--repeats", "2"]
     argv += ["--num-workers", "0", "--json", str(tmp_path / "benchmark.json"), "--md", str(tmp_path / "benchmark.md")]

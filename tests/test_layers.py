@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the table of docs/DESIGN.md, "Layers"
 FLOORS = {
     "files": 0,
+    "provenance": 0,
     "data": 1,
     "networks": 2,
     "losses": 2,
