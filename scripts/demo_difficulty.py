@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bundle.data.datalist import load_datalist, read_datalist_info  # noqa: E402
 from bundle.data.readers import MedicalImageReader  # noqa: E402
 from bundle.datasets.demo import generate_demo_data  # noqa: E402
+from bundle.provenance import cpu_name  # noqa: E402
 
 
 def read_image(path):
@@ -157,16 +157,6 @@ def train(
     return model, {"best_val_macro_auc": best, "history": history}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="fundus", choices=("fundus", "cxr"))
@@ -219,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_dir": str(data_dir),
         "steps": steps,
         "model": MODELS[args.model],
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads",
         # majority-class accuracy (multi-class) or mean per-finding accuracy of always predicting the majority value
         "chance": {
             "accuracy": (

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from bundle.files import file_sha256
 from scripts import learning_curve  # a package module: a mutation run replaces scripts/
+from scripts.learning_curves import render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +132,7 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     # holds only the CSV and JSON) is refused: the runs that need it are skipped, the others go on
     teacher = out / "models" / "fundus" / "teacher.pt"
     recorded = json.loads((out / "learning_curve_fundus.json").read_text())["weights_sha256"]
-    assert recorded == {"teacher": learning_curve.file_sha256(teacher)}  # the source student was given, not used
+    assert recorded == {"teacher": file_sha256(teacher)}  # the source student was given, not used
     teacher.write_bytes(teacher.read_bytes() + b"retrained differently")
     code = learning_curve.main([*args, "--methods", *METHODS, "--seeds", "2", "--sizes", "8"])
     printed = capsys.readouterr().out
@@ -152,10 +154,10 @@ def test_paired_differences_compare_the_same_labelled_sets_and_seeds(tmp_path):
         row("medtex", 50, 0, 0.80),  # kd has no n = 50 run: no pair there
         row("kd", 50, 1, 0.75),  # other seed: no pair either
     ]
-    diffs = learning_curve.paired_differences(rows, "auc", "medtex", "kd")
+    diffs = render.paired_differences(rows, "auc", "medtex", "kd")
     assert diffs.keys() == {25} and diffs[25] == pytest.approx([0.04, -0.01, 0.06])
     path = tmp_path / "lc.md"
-    learning_curve.write_markdown(path, rows, ["kd", "medtex"], "context")
+    render.write_markdown(path, rows, ["kd", "medtex"], "context")
     md = path.read_text()
     # mean +0.030, sample sd of (0.04, -0.01, 0.06) = 0.036, medtex higher on 2 of 3 seeds
     assert "| medtex - kd | +0.030 ± 0.036 (2/3) |  |" in md
@@ -182,13 +184,13 @@ def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
         row("medtex", 50, 1, "nan"),  # a failed evaluation: left out, not averaged in
         row("medtex", 50, 2, ""),
     ]
-    stats = learning_curve.summarise(rows, "auc")
+    stats = render.summarise(rows, "auc")
     assert stats["kd"][25] == pytest.approx((0.65, 0.05, 3))  # sample sd: sqrt((0.05^2 + 0.05^2) / 2)
     assert stats["medtex"][50] == (0.80, 0.0, 1)
-    two = learning_curve.summarise([row("kd", 8, 0, "0.5"), row("kd", 8, 1, "0.7")], "auc")
+    two = render.summarise([row("kd", 8, 0, "0.5"), row("kd", 8, 1, "0.7")], "auc")
     assert two["kd"][8] == pytest.approx((0.6, math.sqrt(0.02), 2))
     path = tmp_path / "lc.md"
-    learning_curve.write_markdown(path, rows, ["medtex", "teacher", "kd"], "on 2 cores")
+    render.write_markdown(path, rows, ["medtex", "teacher", "kd"], "on 2 cores")
     # medtex sd at n = 25: sqrt((0.04^2 + 0.01^2 + 0.03^2) / 2) = 0.036; medtex - kd: 0.04, -0.01, 0.06
     assert path.read_text().split("\n") == [
         "# Learning curve: fundus",
@@ -218,9 +220,9 @@ def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
         "| medtex - kd | +0.030 ± 0.036 (2/3) |  |",
         "",
     ]
-    learning_curve.write_markdown(path, [row("kd", 8, 0, "0.5")], ["kd"], "one run")
+    render.write_markdown(path, [row("kd", 8, 0, "0.5")], ["kd"], "one run")
     assert path.read_text().startswith("# Learning curve: fundus\n\none run\n\n## auc")
-    learning_curve.write_markdown(path, [], [], "nothing finished yet")
+    render.write_markdown(path, [], [], "nothing finished yet")
     assert path.read_text() == "# Learning curve: \n\nnothing finished yet\n"
 
 
@@ -239,9 +241,9 @@ def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
         row("scratch", 50, 0, 0.85),
     ]
     path = tmp_path / "lc.md"
-    methods = learning_curve.method_order(rows, ["medtex", "scratch"])
+    methods = render.method_order(rows, ["medtex", "scratch"])
     assert methods == ["medtex", "scratch", "mine", "vid"]
-    learning_curve.write_markdown(path, rows, methods, "context")
+    render.write_markdown(path, rows, methods, "context")
     lines = path.read_text().split("\n")
     start = lines.index(
         "## auc: paired differences (same labelled set and seed): mean ± sd (seeds where the first is higher / seeds)"

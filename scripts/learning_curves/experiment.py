@@ -1,0 +1,435 @@
+"""One learning-curve experiment: the demo data of both sites, the shared networks trained once, and each run as
+``monai.bundle run`` subprocesses (training, then evaluating), resumable."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bundle.data.datalist import ITEM_LIST_KEYS, load_datalist, read_datalist_info, save_datalist  # noqa: E402
+from bundle.data.splits import select_labeled  # noqa: E402
+from bundle.datasets.demo import generate_demo_data  # noqa: E402
+from bundle.files import file_sha256  # noqa: E402
+from bundle.provenance import command_line, device_name, git_commit, package_version, portable_path
+
+from .methods import DATASET_CONFIGS, FROM_SOURCE, MEDTEX, ROOT, TEACHER, available_methods
+from .rows import read_rows
+
+# settings that must not change between invocations on the same --out (they change what a finished run means)
+FIXED = (
+    "task",
+    "teacher_domain",
+    "student_domain",
+    "image_size",
+    "epochs",
+    "teacher_epochs",
+    "n_teacher",
+    "n_unlabeled",
+    "n_val",
+    "n_test",
+    "data_seed",
+    "teacher_ckpt",
+    "source_student_ckpt",
+    "overrides",
+)
+
+
+class Experiment:
+    """Paths, data, shared checkpoints and the bundle commands of one task's learning curve in ``--out``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.task = args.task
+        self.out = args.out.resolve()
+        self.methods = available_methods()
+        self.methods.update(
+            {name: [str(Path(f).resolve()) for f in files.split(",")] for name, files in args.method_config}
+        )
+        self.stem = f"learning_curve_{self.task}"
+        self.csv_path = self.out / f"{self.stem}.csv"
+        self.meta_path = self.out / f"{self.stem}.json"
+        data = self.out / "data"
+        self.teacher_data = data / f"{self.task}_teacher_{args.teacher_domain}"
+        self.local_data = data / f"{self.task}_local_{args.student_domain}"
+        self.work = {name: self.out / name / self.task for name in ("runs", "models", "eval", "logs")}
+        self.pool = self._check_settings()
+        self.teacher_ckpt = args.teacher_ckpt.resolve() if args.teacher_ckpt else self.work["models"] / "teacher.pt"
+        self.source_ckpt = (
+            args.source_student_ckpt.resolve()
+            if args.source_student_ckpt
+            else self.work["models"] / "source_student" / "source_student.pt"
+        )
+        self.failures: list[str] = []
+        self.argv: list[str] = []  # the command-line arguments, for the provenance record
+
+    # --- settings and provenance --------------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        a = self.args
+        return {
+            "task": a.task,
+            "teacher_domain": a.teacher_domain,
+            "student_domain": a.student_domain,
+            "image_size": a.image_size,
+            "epochs": a.epochs,
+            "teacher_epochs": a.teacher_epochs,
+            "n_teacher": a.n_teacher,
+            "n_unlabeled": a.n_unlabeled,
+            "n_val": a.n_val,
+            "n_test": a.n_test,
+            "data_seed": a.data_seed,
+            "teacher_ckpt": portable_path(a.teacher_ckpt) if a.teacher_ckpt else None,
+            "source_student_ckpt": portable_path(a.source_student_ckpt) if a.source_student_ckpt else None,
+            "overrides": self.overrides(),
+            "teacher_overrides": self.overrides(teacher=True),  # provenance: the teacher is trained once per --out
+        }
+
+    def _check_settings(self) -> int:
+        """Refuse settings that differ from those the finished runs in ``--out`` were made with; return the pool."""
+        settings = self.settings()
+        if not self.meta_path.is_file():
+            return max(self.args.sizes)
+        stored = json.loads(self.meta_path.read_text())
+        before = stored.get("settings", {})
+        before = {k: portable_path(v) if k.endswith("_ckpt") and v else v for k, v in before.items()}  # older, absolute
+        changed = [f"{k}: {before.get(k)!r} -> {settings[k]!r}" for k in FIXED if before.get(k) != settings[k]]
+        pool = int(before.get("pool", max(self.args.sizes)))
+        if max(self.args.sizes) > pool:
+            changed.append(f"largest size {max(self.args.sizes)} > the local pool of {pool} images")
+        if changed:
+            raise SystemExit(
+                f"{self.out} holds a learning curve made with other settings ({'; '.join(changed)}). "
+                "Use another --out, or the same settings to resume or extend it."
+            )
+        return pool
+
+    def write_metadata(self, report_only: bool = False) -> None:
+        """Settings and provenance of the runs: the machine, command and code that trained them. ``report_only``
+        (tables and plot remade elsewhere, nothing trained) keeps the training machine's record."""
+        previous = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        now = datetime.now().astimezone().isoformat(timespec="seconds")
+        argv = [portable_path(a) if os.path.isabs(a) else a for a in self.argv]
+        command = command_line([Path(sys.executable).name, "scripts/learning_curve.py", *argv])
+        if report_only and previous:
+            self.meta_path.write_text(json.dumps({**previous, "reported": now, "report_command": command}, indent=2))
+            return
+        meta = {
+            "created": previous.get("created", now),
+            "updated": now,
+            "host": platform.node(),
+            "device": device_name(),
+            "cwd": portable_path(os.getcwd()),
+            "command": command,
+            "git_commit": git_commit(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": package_version("torch"),
+            "monai": package_version("monai"),
+            "settings": {**self.settings(), "pool": self.pool},
+            "teacher_ckpt": portable_path(self.teacher_ckpt),
+            "weights_sha256": previous.get("weights_sha256", {}),  # shared networks the rows were made with
+            "csv": self.csv_path.name,
+        }
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+
+    # --- bundle commands ----------------------------------------------------------------------------------------
+
+    def overrides(self, teacher: bool = False) -> list[str]:
+        """Overrides common to every bundle run, and ``--override`` (``--teacher-override`` for the teacher's)."""
+        # The runs' datalists are this script's own subsets of one pool, and a small labelled subset missing a rare
+        # class is part of what a learning curve measures: no pre-flight stop (check the pool with
+        # scripts/validate_datalist.py; --override preflight True turns it back on).
+        extra: list[str] = ["--image_size", str(self.args.image_size), "--preflight", "False"]
+        if self.args.batch_size is not None:
+            extra += ["--batch_size", str(self.args.batch_size)]
+        if self.args.num_workers is not None:
+            extra += ["--num_workers", str(self.args.num_workers)]
+        # kept apart: train_teacher.yaml lacks MED-TEX's keys, which the config check would refuse there
+        for key, value in self.args.teacher_override if teacher else self.args.override:
+            extra += [f"--{key}", value]
+        return extra
+
+    def config_files(self, method: str, evaluate: bool = False) -> list[str]:
+        """configs/train.yaml, the task's dataset override, the method's overrides [, configs/evaluate.yaml]."""
+        files = ["configs/train.yaml", *DATASET_CONFIGS[self.task], *self.methods[method]]
+        return files + ["configs/evaluate.yaml"] if evaluate else files
+
+    def configs(self, method: str, evaluate: bool = False) -> str:
+        """The same as a ``--config_file`` value."""
+        return config_list(self.config_files(method, evaluate))
+
+    def bundle(self, workflow: str, config: str, log: Path, *overrides: str) -> tuple[bool, float]:
+        """Run one ``python -m monai.bundle run`` in a subprocess, appending its output to ``log``."""
+        command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", config, *overrides]
+        command += self.overrides(teacher="train_teacher.yaml" in config)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with open(log, "a") as f:
+            f.write(f"\n$ {command_line(command)}\n")  # to copy and paste, from the bundle root
+            f.flush()
+            result = subprocess.run(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        return result.returncode == 0, time.perf_counter() - start
+
+    # --- data -------------------------------------------------------------------------------------------------
+
+    def make_data(self, teacher_site: bool) -> None:
+        a = self.args
+        if teacher_site and not (self.teacher_data / "datalist.json").is_file():
+            say(f"generating the teacher's data: {a.n_teacher} {self.task} images of domain {a.teacher_domain}")
+            generate_demo_data(
+                self.task,
+                self.teacher_data,
+                n_train=a.n_teacher,
+                n_val=a.n_val,
+                n_test=0,
+                size=a.image_size,
+                seed=a.data_seed,
+                domain=a.teacher_domain,
+                progress=True,
+            )
+        if not (self.local_data / "datalist.json").is_file():
+            say(f"generating the local data: a pool of {self.pool} + {a.n_unlabeled} unlabelled images")
+            generate_demo_data(
+                self.task,
+                self.local_data,
+                n_train=self.pool,
+                n_val=a.n_val,
+                n_test=a.n_test,
+                size=a.image_size,
+                seed=a.data_seed + 1,  # other images than the teacher's, also when both sites share a domain
+                domain=a.student_domain,
+                n_unlabeled=a.n_unlabeled,
+                progress=True,
+            )
+
+    def datalist(self, size: int, seed: int) -> Path:
+        """The local datalist with a seeded, stratified labelled subset of ``size`` images (the rest unlabelled)."""
+        path = self.local_data / f"datalist_n{size}_seed{seed}.json"
+        if not path.is_file():
+            source = self.local_data / "datalist.json"
+            full = {**read_datalist_info(source), **{k: load_datalist(source, k) for k in ITEM_LIST_KEYS}}
+            subset = select_labeled(full, n_labeled=size, seed=seed)
+            subset.pop("labeled_subset", None)
+            save_datalist(path, subset)
+        return path
+
+    # --- shared checkpoints ---------------------------------------------------------------------------------------
+
+    def same_weights(self, name: str, ckpt: Path) -> bool:
+        """Record the SHA-256 of the shared network ``name`` (teacher, source student) in the metadata, or, when the
+        finished runs were made with other weights (a teacher given or trained again differently), refuse them:
+        ``False``, and the runs that need it are skipped. Retraining is deterministic on one machine (fixed seeds),
+        so an experiment continued in a fresh ``--out`` that holds only the CSV and JSON keeps its runs."""
+        digest = file_sha256(ckpt)
+        meta = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        recorded = meta.setdefault("weights_sha256", {}).get(name)
+        if recorded is not None and recorded != digest and read_rows(self.csv_path):
+            self.failures.append(f"{name}: {ckpt} differs from the one the finished runs used")
+            say(
+                f"REFUSED: {ckpt} (SHA-256 {digest[:12]}) is not the {name} the runs in {self.csv_path} were made "
+                f"with ({recorded[:12]}); their rows would mix two {name}s. Use another --out."
+            )
+            return False
+        meta["weights_sha256"][name] = digest
+        self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        return True
+
+    def train_once(self, name: str, configs: str, ckpt: Path, *overrides: str) -> bool:
+        """Train a shared network (teacher, source student) on the teacher's data unless it is already there; whether
+        it is there and the same as the finished runs used."""
+        done = ckpt.parent / f"{ckpt.stem}.done.json"
+        if ckpt.is_file() and done.is_file():
+            return self.same_weights(name, ckpt)
+        log = self.work["logs"] / f"{name}.log"
+        say(f"training the {name} on the teacher's data (log: {log})")
+        ok, seconds = self.bundle(
+            "training",
+            configs,
+            log,
+            "--dataset_dir",
+            str(self.teacher_data),
+            "--output_dir",
+            str(self.work["runs"] / name),
+            "--ckpt_dir",
+            str(ckpt.parent),
+            "--ckpt_name",
+            ckpt.name,
+            "--max_epochs",
+            str(self.args.teacher_epochs),
+            "--seed",
+            str(self.args.data_seed),
+            *overrides,
+        )
+        if not ok or not ckpt.is_file():
+            self.failures.append(f"{name}: training failed, see {log}")
+            say(f"FAILED: the {name}'s training, see {log}")
+            return False
+        done.write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
+        _remove_resume_checkpoints(self.work["runs"] / name)
+        return self.same_weights(name, ckpt)
+
+    def teacher(self) -> bool:
+        if self.args.teacher_ckpt is not None:
+            return self.same_weights(TEACHER, self.teacher_ckpt)
+        train_teacher = config_list(["configs/train_teacher.yaml", *DATASET_CONFIGS[self.task]])
+        return self.train_once(TEACHER, train_teacher, self.teacher_ckpt)
+
+    def source_student(self) -> bool:
+        if self.args.source_student_ckpt is not None:
+            return self.same_weights("source_student", self.source_ckpt)
+        return self.train_once("source_student", self.configs("scratch"), self.source_ckpt)
+
+    # --- runs -----------------------------------------------------------------------------------------------------
+
+    def own_teacher(self, method: str) -> bool:
+        """Whether the method's own config files name its teacher (a --method-config with a teacher from elsewhere)."""
+        import yaml
+
+        for file in self.methods[method]:
+            content = yaml.safe_load(Path(ROOT, file).read_text()) or {}
+            if "teacher_ckpt" in content or "teacher_bundle" in content:
+                return True
+        return False
+
+    def uses_unlabeled(self, method: str) -> bool:
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config([str(ROOT / c) for c in self.config_files(method)])
+        return bool(parser.get_parsed_content("use_unlabeled"))
+
+    def run(self, method: str, size: int, seed: int) -> dict[str, Any] | None:
+        """Train (unless finished before) and evaluate one run; return its CSV row, or None if it failed."""
+        a = self.args
+        name = f"n{size}_seed{seed}"
+        run_dir, ckpt_dir = self.work["runs"] / method / name, self.work["models"] / method / name
+        eval_dir, log = self.work["eval"] / method / name, self.work["logs"] / method / f"{name}.log"
+        datalist = self.datalist(size, seed)
+        where = ["--dataset_dir", str(self.local_data), "--datalist", str(datalist), "--seed", str(seed)]
+        if not self.own_teacher(method):
+            where += ["--teacher_ckpt", str(self.teacher_ckpt)]
+        done = run_dir / "train.done.json"
+        if not done.is_file():
+            init = ["--init_ckpt", str(self.source_ckpt)] if method in FROM_SOURCE else []
+            ok, seconds = self.bundle(
+                "training",
+                self.configs(method),
+                log,
+                *where,
+                *init,
+                "--output_dir",
+                str(run_dir),
+                "--ckpt_dir",
+                str(ckpt_dir),
+                "--max_epochs",
+                str(a.epochs),
+            )
+            if not ok:
+                return self._failed(method, name, "training", log)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
+            _remove_resume_checkpoints(run_dir)
+        if not (eval_dir / "metrics.csv").is_file():
+            ok, _ = self.bundle(
+                "evaluating",
+                self.configs(method, evaluate=True),
+                log,
+                *where,
+                "--ckpt_dir",
+                str(ckpt_dir),
+                "--output_dir",
+                str(eval_dir),
+                "--saliency_metrics",
+                "False",
+            )
+            if not ok:
+                return self._failed(method, name, "evaluation", log)
+        n_unlabeled = self.pool - size + a.n_unlabeled if self.uses_unlabeled(method) else 0
+        seconds = json.loads(done.read_text())["seconds"]
+        return self.row(method, size, seed, eval_dir / "metrics.csv", n_unlabeled, a.epochs, seconds)
+
+    def run_teacher(self, seed: int) -> dict[str, Any] | None:
+        """The teacher on the local test set: trained on the teacher's data only (no local labels)."""
+        eval_dir, log = self.work["eval"] / TEACHER, self.work["logs"] / f"{TEACHER}_eval.log"
+        if not (eval_dir / "metrics.csv").is_file():
+            ok, _ = self.bundle(
+                "evaluating",
+                self.configs(MEDTEX, evaluate=True),
+                log,
+                "--dataset_dir",
+                str(self.local_data),
+                "--seed",
+                str(seed),
+                "--network_def",
+                "@teacher_def",
+                "--ckpt_dir",
+                str(self.teacher_ckpt.parent),
+                "--ckpt_name",
+                self.teacher_ckpt.name,
+                "--output_dir",
+                str(eval_dir),
+                "--saliency_metrics",
+                "False",
+            )
+            if not ok:
+                return self._failed(TEACHER, "evaluation", "evaluation", log)
+        done = self.teacher_ckpt.parent / f"{self.teacher_ckpt.stem}.done.json"
+        seconds = json.loads(done.read_text())["seconds"] if done.is_file() else ""
+        epochs = self.args.teacher_epochs if self.args.teacher_ckpt is None else ""
+        return self.row(TEACHER, 0, seed, eval_dir / "metrics.csv", 0, epochs, seconds)
+
+    def row(
+        self, method: str, size: int, seed: int, metrics_csv: Path, n_unlabeled: int, epochs: Any, seconds: Any
+    ) -> dict[str, Any]:
+        with open(metrics_csv) as f:
+            metrics = {r[0]: r[1] for r in csv.reader(f) if len(r) >= 2}
+        return {
+            "task": self.task,
+            "method": method,
+            "n_labeled": size,
+            "n_unlabeled": n_unlabeled,
+            "seed": seed,
+            "auc": metrics.get("test_auc", ""),
+            "accuracy": metrics.get("accuracy", ""),
+            "kappa": metrics.get("kappa", ""),
+            "teacher_domain": self.args.teacher_domain,
+            "student_domain": self.args.student_domain,
+            "image_size": self.args.image_size,
+            "epochs": epochs,
+            "train_seconds": seconds,
+            "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+
+    def _failed(self, method: str, name: str, stage: str, log: Path) -> None:
+        self.failures.append(f"{method} {name}: {stage} failed, see {log}")
+        say(f"FAILED: {method} {name} ({stage}), see {log}")
+        return None
+
+
+def config_list(files: Sequence[str]) -> str:
+    """A ``--config_file`` list as the docs write it: ``['configs/train.yaml','configs/baselines/kd.yaml']``."""
+    return "[" + ",".join(f"'{f}'" for f in files) + "]"
+
+
+def _remove_resume_checkpoints(run_dir: Path) -> None:
+    """A finished run needs only its best weights; full checkpoints (with optimizer state) are for resuming."""
+    for path in run_dir.glob("train_checkpoint_*.pt"):
+        path.unlink()
+
+
+def say(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message)
