@@ -4,7 +4,7 @@
 # 1. the tests of the CUDA path (tests/test_cuda.py; tests/test_foreign_teacher.py, whose bundle runs train on the GPU
 #    with AMP there), 2. the GPU benchmark (scripts/benchmark.py --device cuda). Writes to OUT: gpu_check.json (torch,
 # CUDA, MONAI versions and the GPU), pytest_gpu.log and .xml, benchmark_cuda.json, PERFORMANCE_CUDA.md, benchmark.log.
-# Copy the benchmark's two files to docs/results/ and docs/, and record the run in docs/RESULTS.md ("Speed").
+# Copy the benchmark's two files to docs/results/ and docs/, and record the run in docs/RESULTS.md ("The training fast path").
 # Refused without CUDA (exit 2): on a CPU the CUDA tests only skip.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -5,6 +5,10 @@ Example::
 
     python scripts/prepare_datalist.py --format aptos2019 --root data/aptos2019 --out data/aptos2019/datalist.json \
         --n-labeled 500 --seed 0
+
+It ends by printing the training commands this datalist needs, run from the repository root: the format's dataset
+override, and ``--data_roots "['/data/aptos2019']"`` when the images lie outside the datalist's folder (written with
+absolute paths; the pre-flight check refuses them otherwise).
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ import argparse  # noqa: E402
 import inspect  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import shlex  # noqa: E402
 from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
 
 from bundle.data.datalist import ITEM_LIST_KEYS, SPLIT_KEYS, load_datalist, save_datalist  # noqa: E402
 from bundle.data.splits import select_labeled  # noqa: E402
 from bundle.datasets import CONVERTERS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 # command-line option -> converter keyword; an option a format's converter does not take is an error
 FORMAT_OPTIONS = {
@@ -115,6 +124,55 @@ def summary(datalist: dict[str, Any]) -> str:
     return "\n".join(lines + unknown_lines)
 
 
+def outside_roots(path: Path) -> list[str]:
+    """The one folder (common to all) that the datalist's images and masks lie in outside its own folder, if any."""
+    folder = path.parent.resolve()
+    outside = {
+        str(Path(item[k]).resolve().parent)
+        for key in ITEM_LIST_KEYS
+        for item in load_datalist(path, key)
+        for k in ("image", "mask")
+        if item.get(k) and not Path(item[k]).resolve().is_relative_to(folder)
+    }
+    return [os.path.commonpath(sorted(outside))] if outside else []
+
+
+def py_list(values: list[str]) -> str:
+    """A list of strings as the Python literal MONAI's command line parses, without spaces: ``['a','b']``."""
+    return "[" + ",".join(repr(v) for v in values) + "]"
+
+
+def quoted(value: str) -> str:
+    """``value`` as one shell word: in double quotes where that is safe (keeps a Python list literal readable)."""
+    if not any(c in value for c in '"$`\\!'):
+        return f'"{value}"' if any(c in value for c in " '[]*?;&|<>()") else value
+    return shlex.quote(value)
+
+
+def training_command(config: str, fmt: str, path: Path, datalist: dict[str, Any], roots: list[str]) -> str:
+    """The ``monai.bundle run training`` command for this datalist: the format's dataset override when there is one,
+    task and classes where it does not set them, the datalist when not ``<dataset_dir>/datalist.json``, and
+    ``data_roots`` for images outside the datalist's folder (else the pre-flight check refuses every one)."""
+    override = REPO / "configs" / "datasets" / f"{fmt}.yaml"
+    configs = [config] + ([override.relative_to(REPO).as_posix()] if override.is_file() else [])
+    preset = yaml.safe_load((REPO / config).read_text())
+    preset.update(yaml.safe_load(override.read_text()) if override.is_file() else {})
+    folder = path.parent if not path.is_absolute() and Path.cwd().resolve() == REPO else path.parent.resolve()
+    words = [
+        "python -m monai.bundle run training --config_file",
+        quoted(py_list(configs) if len(configs) > 1 else config),
+    ]
+    words += ["--dataset_dir", quoted(folder.as_posix())]
+    if path.name != "datalist.json":
+        words += ["--datalist", quoted((folder / path.name).as_posix())]
+    for key, value in (("task", datalist["task"]), ("num_classes", len(datalist["classes"]))):
+        if preset.get(key) != value:
+            words += [f"--{key}", str(value)]
+    if roots:
+        words += ["--data_roots", quoted(py_list(roots))]
+    return " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Convert, optionally keep a labelled subset, write the datalist and print what was written."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -133,17 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     task = f"{datalist['task']}, {len(datalist['classes'])} classes"
     print(f"wrote {path} ({args.format}: {datalist['name']}, {task}, seed {args.seed})")
     print(summary(datalist))
-    folder = path.parent.resolve()
-    outside = {
-        str(Path(item[k]).resolve().parent)
-        for key in ITEM_LIST_KEYS
-        for item in load_datalist(path, key)
-        for k in ("image", "mask")
-        if item.get(k) and not Path(item[k]).resolve().is_relative_to(folder)
-    }
-    if outside:  # training refuses paths outside the datalist's folder unless their folder is allowed
-        root = os.path.commonpath(sorted(outside))
-        print(f"images lie outside {path.parent}: train with --data_roots \"['{root}']\"")
+    roots = outside_roots(path)
+    if roots:  # training refuses paths outside the datalist's folder unless their folder is in data_roots
+        print(f"images lie outside {path.parent}: training needs --data_roots (docs/DATA.md, 'Where the images lie')")
+    print("train from the repository root with (teacher first, unless you bring one: docs/TEACHERS.md):")
+    for config in ("configs/train_teacher.yaml", "configs/train.yaml"):
+        print("  " + training_command(config, args.format, path, datalist, roots))
     return 0
 
 

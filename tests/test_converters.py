@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import logging
+import shlex
 import subprocess
 import sys
 from collections import Counter
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from monai.bundle import ConfigParser
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -568,7 +571,7 @@ def test_cli_prepare_datalist(aptos: Path):
     result = subprocess.run(cmd + ["--n-labeled", "20", "--seed", "3"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout and "unlabeled" in result.stdout
-    assert "train with --data_roots \"['" + str(aptos.resolve()) + "']\"" in result.stdout  # images outside lists/
+    assert "--data_roots \"['" + str(aptos.resolve()) + "']\"" in result.stdout  # images outside lists/
     assert "2 image(s) listed in" in result.stderr
     saved = json.loads(out.read_text())
     assert [len(saved[k]) for k in SPLITS + ("unlabeled",)] == [20, 10, 19, 49 + 3]
@@ -577,3 +580,71 @@ def test_cli_prepare_datalist(aptos: Path):
     assert saved["labeled_subset"] == {"n_labeled": 20, "n_training": 69, "seed": 3}
     bad = subprocess.run(cmd + ["--uncertain", "ones"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode != 0 and "--uncertain does not apply to --format aptos2019" in bad.stderr
+
+
+def parse_training_command(line: str) -> tuple[list[str], dict]:
+    """The config files and overrides of a printed ``monai.bundle run training`` line, parsed as its command line
+    parses them (python-fire: a value that is a Python literal becomes that literal)."""
+    words = shlex.split(line)
+    assert words[:5] == ["python", "-m", "monai.bundle", "run", "training"], line
+    options = dict(zip(words[5::2], words[6::2]))
+    assert all(k.startswith("--") for k in options), line
+    values = {}
+    for key, raw in options.items():
+        try:
+            values[key[2:]] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            values[key[2:]] = raw
+    configs = values.pop("config_file")
+    return [configs] if isinstance(configs, str) else configs, values
+
+
+def test_printed_training_command_passes_the_data_check(tmp_path: Path):
+    """The README's pair: a datalist written away from its images. The training command prepare_datalist.py prints
+    passes training's pre-flight check (the config's own ``preflight_report`` step, with every override of the
+    line) only because it carries ``data_roots``; without that one override every image is refused."""
+    root = tmp_path / "aptos2019"
+    rng = np.random.default_rng(0)
+    rows = [[f"img{i:03d}", i % 5] for i in range(50)]
+    for name, _ in rows:  # distinct contents: identical files in two splits would be a leak
+        (root / "train_images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "train_images" / f"{name}.png")
+    write_csv(root / "train.csv", ["id_code", "diagnosis"], rows)
+    out = tmp_path / "lists" / "aptos2019" / "datalist.json"
+    cmd = [
+        sys.executable,
+        "scripts/prepare_datalist.py",
+        "--format",
+        "aptos2019",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines() if "monai.bundle run training" in line]
+    assert [parse_training_command(line)[0][0] for line in lines] == [
+        "configs/train_teacher.yaml",
+        "configs/train.yaml",
+    ]
+    configs, overrides = parse_training_command(lines[1])
+    assert configs == ["configs/train.yaml", "configs/datasets/aptos2019.yaml"]
+    assert overrides["data_roots"] == [str((root / "train_images").resolve())]
+    assert Path(overrides["dataset_dir"]).resolve() == out.parent.resolve()
+
+    def data_check(overrides: dict):
+        parser = ConfigParser()
+        parser.read_config([str(REPO / c) for c in configs])
+        parser.update(overrides)
+        return parser.get_parsed_content("preflight_report")
+
+    assert data_check(overrides).ok
+    without = {k: v for k, v in overrides.items() if k != "data_roots"}
+    with pytest.raises(SystemExit, match="outside"):
+        data_check(without)
+    # the stand-alone check agrees: scripts/validate_datalist.py with and without the printed folder
+    validate = [sys.executable, "scripts/validate_datalist.py", str(out), "--no-decode"]
+    allowed = subprocess.run(validate + ["--allow-root", overrides["data_roots"][0]], cwd=REPO, capture_output=True)
+    assert allowed.returncode == 0, allowed.stdout.decode()
+    assert subprocess.run(validate, cwd=REPO, capture_output=True).returncode == 1

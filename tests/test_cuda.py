@@ -1,6 +1,6 @@
 """The CUDA path: automatic mixed precision, channels_last, metrics of GPU outputs, NCCL. Skipped without a GPU (CI
-has none); run on a GPU machine with ``python -m pytest tests/test_cuda.py``. docs/RESULTS.md ("Speed") says when
-it last ran there and what it found."""
+has none); run on a GPU machine with ``python -m pytest tests/test_cuda.py``. docs/RESULTS.md ("The training fast
+path") says when it last ran there and what it found."""
 
 from __future__ import annotations
 

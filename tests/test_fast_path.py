@@ -1,6 +1,6 @@
-"""The training fast path's settings (docs/RESULTS.md, "Speed") change speed, not results: plain tensors from the loader
-workers with MONAI's seeding kept, channels_last weights that save and load like contiguous ones, teacher outputs
-precomputed once per image that give the losses of the teacher's pass."""
+"""The training fast path's settings (docs/RESULTS.md, "The training fast path") change speed, not results: plain
+tensors from the loader workers with MONAI's seeding kept, channels_last weights that save and load like contiguous
+ones, teacher outputs precomputed once per image that give the losses of the teacher's pass."""
 
 from __future__ import annotations
 

@@ -29,16 +29,16 @@ class Explainer(nn.Module):
         init_bias: initial bias of the mask's 1x1 convolution; 0 starts every pixel at 0.5, positive values start
             with the whole image visible so that the student first learns from full images.
         scale: the U-Net runs at this factor below the input's resolution; 1: full resolution. The U-Net's
-            full-resolution levels move more memory than they compute (0.48 GFLOP but 12-23 ms at 224 px on
-            2 CPU cores), so a factor k costs about 1/k^2 of that. Saved with the weights and checked on loading;
-            the configs' default is ``default_scale(image_size)``.
+            full-resolution levels move more memory than they compute, so a factor k costs about 1/k^2 of that
+            (docs/PERFORMANCE.md, "Explainer scale 1 (unshuffle) instead of 2"). Saved with the weights and checked
+            on loading; the configs' default is ``default_scale(image_size)``.
         scale_mode: how the U-Net gets below full resolution. ``"pool"``: the image average-pooled by ``scale``
             (at most the factor that leaves 32 px), the mask logits interpolated (bilinear) back; the weights fit
             any scale, but details smaller than a cell are lost. ``"unshuffle"``: each ``scale`` x ``scale`` cell
             becomes ``scale**2`` channels (``pixel_unshuffle``) and the U-Net returns one logit per pixel of the
             cell (``pixel_shuffle``), so nothing is averaged away; the first and last layers' shapes depend on the
-            scale. On the demo at 128 px the masks localised lesions far better this way than pooled
-            (docs/RESULTS.md).
+            scale. On the demo at 128 px the masks localised lesions better this way than pooled
+            (docs/RESULTS.md, "Explainer scale").
     """
 
     def __init__(
@@ -119,11 +119,10 @@ def default_scale(image_size: int | Sequence[int]) -> int:
     """The configs' default ``explainer_scale`` for an image size: 2 from 128 px up (the U-Net then sees at least
     64 px), 1 below.
 
-    Measured (docs/RESULTS.md, "Explainer scale"): on the 128 px demo over three seeds, scale 2 with ``unshuffle``
-    classified as well as full resolution and its masks pointed at lesions as often or more (pointing game 0.52-0.75
-    against 0.33-0.73), and at 224 px it drew masks 1.8-3x as fast in two benchmark runs (docs/PERFORMANCE.md). Scale 4
-    pointed at lesions less often on the same demo (pointing game 0.35 against 0.52 at scale 2, three seeds on one
-    teacher), so no default picks it.
+    Why (docs/DECISIONS.md, "Explainer scale 2 from 128 px, `unshuffle`, never 4"): on the 128 px demo over three
+    seeds, scale 2 with ``unshuffle`` classified as well as full resolution and its masks pointed at lesions as often
+    or more, and it draws masks faster (docs/RESULTS.md, "Explainer scale"; docs/PERFORMANCE.md). Scale 4 pointed at
+    lesions less often on the same demo, so no default picks it.
     """
     size = min(int(s) for s in image_size) if isinstance(image_size, Sequence) else int(image_size)
     return 2 if size >= 128 else 1

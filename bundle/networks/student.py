@@ -13,8 +13,8 @@ class Student(DenseNet):
 
     Its stages (``features.denseblock1`` ... ``features.denseblock4``) have the teacher's strides, so VID can pair
     them with a DenseNet teacher's stages of the same names. Faster at batch 1, each measured on the demo
-    (docs/RESULTS.md): ``configs/students/shallow.yaml`` (6 wider layers, ``bn_size`` 2, a 3 x 3 stem; 0.18 M
-    parameters), ``configs/students/small.yaml`` (0.06 M) and ``ResNetStudent``.
+    (docs/RESULTS.md, "Students for batch-1 latency"): ``configs/students/shallow.yaml`` (6 wider layers,
+    ``bn_size`` 2, a 3 x 3 stem; 0.18 M parameters), ``configs/students/small.yaml`` (0.06 M) and ``ResNetStudent``.
 
     Args:
         in_channels: image channels.
@@ -60,10 +60,9 @@ class ResNetStudent(ResNet):
     stride-2 stem with the defaults): about 0.57 M parameters, built by ``configs/students/resnet.yaml``.
 
     Why a second architecture: at batch 1 on a CPU a DenseNet's every layer normalises and concatenates all earlier
-    feature maps: with the default ``Student``, explainer + student is less than 5x faster than the teacher
-    (scripts/benchmark.py ``--student-config``, docs/PERFORMANCE.md). Of the ResNets tried on the 128 px demo
-    (docs/RESULTS.md, "A ResNet student"), these defaults lost the least test AUC against the DenseNet; the ResNet
-    student before 0.6.0 (``widths=(16, 32, 64, 128)``, ``stem_kernel_size=7``) lost twice as much. The stem's
+    feature maps: with the default ``Student``, explainer + student misses the latency target against the teacher
+    (docs/PERFORMANCE.md). Of the ResNets tried on the 128 px demo (docs/RESULTS.md, "Students for batch-1
+    latency"), these defaults lost the least test AUC against the DenseNet. The stem's
     stride 2 (MONAI's default is 1) puts ``layer1`` ... ``layer4`` at a DenseNet teacher's strides (4, 8, 16, 32), so
     VID pairs ``layer2``/``layer3`` with ``features.denseblock2``/``features.denseblock3``; a 3 x 3 stem costs a fifth
     of a 7 x 7 one, which pays for the wider ``layer1``.

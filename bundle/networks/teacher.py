@@ -230,7 +230,7 @@ class FrozenTeacher(nn.Module):
         view = self.input_view(image)
         low_precision = self.computes_in_bf16(image.device.type)
         # a frozen teacher only supplies targets: bfloat16 rounds them slightly and makes its passes faster where the
-        # hardware has bfloat16 units (docs/RESULTS.md, "Speed")
+        # hardware has bfloat16 units (docs/RESULTS.md, "The training fast path")
         with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=low_precision):
             logits = self.network(view)
         features = self.recorder.features if self.recorder is not None else []

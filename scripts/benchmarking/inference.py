@@ -65,9 +65,8 @@ def time_against_teacher(
     """Latency at batch 1 and images/s at the batch size of the teacher and of ``explain``, their calls in turn in
     every repeat (``median_interleaved_seconds``), so that a speedup is a ratio of two timings under the same load.
 
-    Timed minutes apart they saw different machine speeds: on a 2-core VM the teacher took 86.1 ms at batch 1 beside
-    one explainer + student and 62.9 ms beside another a few minutes later (the run of 2026-12-03 08:22 UTC,
-    docs/RESULTS.md, "Explainer scale").
+    Timed minutes apart they saw different machine speeds: on a 2-core VM the teacher's latency at batch 1 changed by
+    over a quarter between two timings a few minutes apart (docs/RESULTS.md, "Explainer scale").
     """
     device = batch.device
     with torch.inference_mode():

@@ -53,7 +53,7 @@ def median_part_seconds(
     call sequence as ``explain`` runs them (explainer, mask applied, student).
 
     Timing each network alone, call after call, keeps its weights and buffers in the CPU's caches, and the two medians
-    then added up to a third less than one ``explain`` call (12 + 10 ms against 35 ms at 224 px on 2 cores).
+    then added up to about a third less than one ``explain`` call (at 224 px on 2 cores).
     """
     explainer_seconds, student_seconds = [], []
     with torch.inference_mode():
