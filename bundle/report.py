@@ -17,16 +17,17 @@ provenance ``<stem>.json`` or ``.txt``). The page reads top to bottom as someone
 Rounding, so that no digit is shown that the seeds cannot resolve: a mean over n >= 2 seeds is given to the decimal
 place of the first significant digit of its standard error (sd / sqrt(n), sd with n - 1), at most 3 decimals, and its
 sd to the same place (0.49, 0.51, 0.53: se 0.012 -> "0.51 ± 0.02 (3)"; 0.512, 0.524, 0.498: se 0.0075 ->
-"0.511 ± 0.013 (3)"). A number without a spread (one seed, one run) keeps 3 significant digits and every digit before
-the point (0.7977 -> 0.798, 194.44 -> 194). In the raw tables only
-numbers written with 5 or more significant digits are cut that way; the exact value stays in the cell's tooltip and
-in the file. Integers are shown as written.
+"0.511 ± 0.013 (3)"). A number without a spread (one seed, one run, a provenance figure) keeps 3 significant digits
+and every digit before the point (0.7977 -> 0.798, 194.44 -> 194). In the raw tables, numbers written with 5 or more
+significant digits (the CSVs' full floats) are cut so, their exact value kept in the cell's tooltip and in the file;
+shorter ones (the markdown the scripts already rounded) and integers are shown as written.
 
 Paths: the page names the folder relative to its repository (or by its name outside one), and absolute paths in any
 text (a ``cwd`` in provenance, say) are written relative to the results folder or the repository, or as ``…/<name>``
-when they lie outside both: a page that is shared or committed names no folder of the machine that made it.
-The page is deterministic (same files, same bytes: no clock is read) and self-contained (PNGs as data URIs).
-Only the simple markdown the scripts write (headings, tables, lists, paragraphs, code) is rendered; no dependency.
+when they lie outside both (system paths such as ``/proc/self/clear_refs`` stay): a page that is shared or committed
+names no folder of the machine that made it. The page is deterministic (same files, same bytes: no clock is read)
+and self-contained (PNGs as data URIs). Only the simple markdown the scripts write (headings, tables, lists,
+paragraphs, code) is rendered; no dependency.
 """
 
 from __future__ import annotations
@@ -174,12 +175,15 @@ class _Paths:
 
     def _relative(self, path: str) -> str:
         absolute = Path(path)
+        if absolute.parts[1] in SYSTEM_FOLDERS:  # /proc/self/clear_refs names the system, not this machine's folders
+            return path
         for base in (self.results, self.repository):
             if base is not None and (absolute == base or base in absolute.parents):
                 return absolute.relative_to(base).as_posix()
         return "…/" + absolute.name
 
 
+SYSTEM_FOLDERS = frozenset({"proc", "sys", "dev", "etc", "usr", "bin", "sbin", "lib", "lib64"})
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~\\-])/[A-Za-z_.][^\s/\"'<>|,;()\[\]`=]*(?:/[^\s/\"'<>|,;()\[\]`=]+)+/?")
 
 

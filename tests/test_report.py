@@ -21,7 +21,8 @@ def test_report_gathers_tables_figures_and_provenance(tmp_path):
     (results / "b_curve.csv").write_text("method,auc,wall\nscratch,0.612,12.3456789\n")
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(results / "b_curve.png")
     provenance = {"command": "python x.py --out y", "host": "h", "created": "t", "cwd": str(tmp_path / "elsewhere")}
-    (results / "b_curve.json").write_text(json.dumps(provenance | {"kill_rate": 0.8373951258489812}))
+    provenance |= {"kill_rate": 0.8373951258489812, "memory": "VmHWM reset by /proc/self/clear_refs"}
+    (results / "b_curve.json").write_text(json.dumps(provenance))
     (results / "a_other.csv").write_text("x\n1\n")
     (results / "notes.txt").write_text(f"made by hand in {results}/sub")  # describes the folder: no artefact's stem
     (results / "ignored.log").write_text("not a result")
@@ -51,6 +52,7 @@ def test_report_gathers_tables_figures_and_provenance(tmp_path):
     assert "<td>0.837</td>" in html and "0.8373951258489812" not in html
     # no absolute path of this machine: the folder relative to nothing known, paths inside it relative to it
     assert str(tmp_path) not in html and "made by hand in sub" in html and "…/elsewhere" in html
+    assert "reset by /proc/self/clear_refs" in html  # a system path names no folder of this machine
     # deterministic: the same folder gives the same bytes
     assert write_html_report(results, tmp_path / "again.html", "Results & more").read_bytes() == path.read_bytes()
 
