@@ -63,7 +63,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.
        padding: 0 1em; color: #222; line-height: 1.4; }
 h1 { font-size: 1.6em; margin: 0 0 .2em; }
 h2 { border-bottom: 1px solid #bbb; margin-top: 1.6em; }
-h1, h2, h3, h4, h5, h6, p, li, summary, figcaption, td, th { overflow-wrap: anywhere; }
+h1, h2, h3, h4, h5, h6, p, li, summary, figcaption { overflow-wrap: anywhere; }
 nav a { margin-right: 1em; }
 .figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 420px), 1fr)); gap: 1em; }
 figure { margin: 0; min-width: 0; }
@@ -80,6 +80,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 table.meta td, table.meta th { border: none; padding: .1em .8em .1em 0; vertical-align: top; text-align: left;
                                background: none; position: static; }
 table.meta th { color: #555; font-weight: normal; white-space: nowrap; }
+table.meta td { overflow-wrap: anywhere; }  /* hashes and long commands wrap; other tables scroll in their box */
+.markdown td { overflow-wrap: anywhere; }  /* long identifiers in prose cells wrap, code keeps its words */
+.markdown td code { overflow-wrap: normal; }
 details { margin: .4em 0; border: 1px solid #ddd; border-radius: 4px; padding: .3em .8em; }
 details[open] { padding-bottom: .8em; }
 summary { cursor: pointer; }
