@@ -111,7 +111,7 @@ def write_html_report(results_dir: str | os.PathLike, html_path: str | os.PathLi
     for stem in sorted(artefacts):
         kinds[_kind(stem, artefacts[stem])].append(stem)
 
-    body = [f"<h1>{html.escape(title)}</h1>", _summary_line(paths, files, metadata, artefacts)]
+    body = [f"<h1>{html.escape(title)}</h1>", _summary_line(paths, metadata, artefacts)]
     sections: list[tuple[str, str, str]] = []  # (id, heading, html)
     for key, heading in KINDS:
         figures = [_figure(stem, artefacts[stem], paths) for stem in kinds[key] if ".png" in artefacts[stem]]
@@ -280,7 +280,7 @@ def _kind(stem: str, files: dict[str, Path]) -> str:
     return "other-figures"
 
 
-def _summary_line(paths: _Paths, files: list[Path], metadata: dict[str, list[Path]], artefacts: dict[str, dict]) -> str:
+def _summary_line(paths: _Paths, metadata: dict[str, list[Path]], artefacts: dict[str, dict]) -> str:
     """Where the results come from (relative), how many, of when (the provenance's dates, not the clock)."""
     figures = sum(".png" in found for found in artefacts.values())
     dates = []
@@ -289,7 +289,9 @@ def _summary_line(paths: _Paths, files: list[Path], metadata: dict[str, list[Pat
             content = _load_json(path)
             if isinstance(content, dict):
                 dates += [str(content[k])[:10] for k in DATE_KEYS if isinstance(content.get(k), str)]
-    parts = [f"From <code>{html.escape(paths.folder_name())}</code>", f"{len(files)} files, {figures} figures"]
+    # counted from what the page shows, so that a report written into the folder does not change the next one
+    used = sum(len(found) for found in artefacts.values()) + sum(len(found) for found in metadata.values())
+    parts = [f"From <code>{html.escape(paths.folder_name())}</code>", f"{used} result files, {figures} figures"]
     if dates:
         parts.append(f"runs recorded {html.escape(min(dates))} to {html.escape(max(dates))}")
     parts.append("raw tables and provenance folded at the end")

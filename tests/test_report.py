@@ -53,8 +53,10 @@ def test_report_gathers_tables_figures_and_provenance(tmp_path):
     # no absolute path of this machine: the folder relative to nothing known, paths inside it relative to it
     assert str(tmp_path) not in html and "made by hand in sub" in html and "…/elsewhere" in html
     assert "reset by /proc/self/clear_refs" in html  # a system path names no folder of this machine
-    # deterministic: the same folder gives the same bytes
+    # deterministic: the same folder gives the same bytes, also with the page itself written into it
     assert write_html_report(results, tmp_path / "again.html", "Results & more").read_bytes() == path.read_bytes()
+    assert write_html_report(results, results / "report.html", "Results & more").read_bytes() == path.read_bytes()
+    assert write_html_report(results, results / "report.html", "Results & more").read_bytes() == path.read_bytes()
 
 
 def test_headline_tables_round_to_what_the_seeds_resolve(tmp_path):
