@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
+
+from bundle.provenance import portable_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,5 +111,7 @@ def make_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         student_configs=[str(path) for path in args.student_config],
         compile=args.compile,
         compile_backend=args.compile_backend,
-        command=shlex.join(["python", "scripts/benchmark.py", *argv]),
+        command=shlex.join(
+            ["python", "scripts/benchmark.py", *(portable_path(a) if os.path.isabs(a) else a for a in argv)]
+        ),
     )
