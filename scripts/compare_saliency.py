@@ -35,8 +35,7 @@ from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
-from monai.data import MetaTensor
-from monai.utils import set_determinism
+from monai.utils import convert_to_tensor, set_determinism
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,13 +116,9 @@ def load_images(parser: ConfigParser, split: str, n_images: int) -> tuple[torch.
     images, masks = [], []
     for item in tqdm(items, desc="images", unit="img"):
         data = preprocessing(item)
-        images.append(_plain(data["image"]).float())
-        masks.append((_plain(data["mask"]) > 0.5).float())
+        images.append(convert_to_tensor(data["image"], track_meta=False).float())
+        masks.append((convert_to_tensor(data["mask"], track_meta=False) > 0.5).float())
     return torch.stack(images), torch.stack(masks), [item["image"] for item in items]
-
-
-def _plain(value: Any) -> torch.Tensor:
-    return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
 
 
 def build_methods(

@@ -1,4 +1,4 @@
-"""What the measurements are made on: the config parsed with the run's overrides, DICOM copies, plain tensors."""
+"""What the measurements are made on: the config parsed with the run's overrides and DICOM copies."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from monai.bundle import ConfigParser
-from monai.data import MetaTensor
 
 from .settings import CONFIG, MEDTEX_ONLY_KEYS, ROOT, Settings
 
@@ -71,7 +69,3 @@ def write_rgb_dicom(path: Path, rgb: np.ndarray) -> None:
     ds.PatientID = "BENCHMARK"
     ds.set_pixel_data(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB", 8, generate_instance_uid=False)
     ds.save_as(path, enforce_file_format=True)
-
-
-def plain(value: Any) -> torch.Tensor:
-    return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.utils import convert_to_tensor
 
 from bundle.data.datalist import load_datalist, save_datalist  # noqa: E402
 from bundle.datasets.demo import generate_demo_data  # noqa: E402
 from bundle.networks.teacher import FrozenTeacher  # noqa: E402
 
-from .fixtures import load_config, plain
+from .fixtures import load_config
 from .inference import (
     bench_compiled_inference,
     bench_explainer_norms,
@@ -62,7 +63,9 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     network = parser.get_parsed_content("network").eval()
     preprocessing = parser.get_parsed_content("preprocessing")
     items = load_datalist(parser.get_parsed_content("datalist"), "training")[: settings.n_train]
-    images = torch.stack([plain(preprocessing(dict(item))["image"]).float() for item in items]).to(device)
+    images = torch.stack(
+        [convert_to_tensor(preprocessing(dict(item))["image"], track_meta=False).float() for item in items]
+    ).to(device)
 
     say("saliency")
     saliency = bench_saliency(settings, images, network, teacher, parser.get_parsed_content("task"))
