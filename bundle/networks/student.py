@@ -61,8 +61,8 @@ class ResNetStudent(ResNet):
 
     Why a second architecture: at batch 1 on a CPU a DenseNet's every layer normalises and concatenates all earlier
     feature maps: with the default ``Student``, explainer + student misses the latency target against the teacher
-    (docs/PERFORMANCE.md). Of the ResNets tried on the 128 px demo (docs/RESULTS.md, "Students for batch-1
-    latency"), these defaults lost the least test AUC against the DenseNet. The stem's
+    (docs/PERFORMANCE.md). Of the ResNets tried on the 128 px demo (docs/DECISIONS.md, "The ResNet student's
+    widths"), these defaults lost the least test AUC against the DenseNet. The stem's
     stride 2 (MONAI's default is 1) puts ``layer1`` ... ``layer4`` at a DenseNet teacher's strides (4, 8, 16, 32), so
     VID pairs ``layer2``/``layer3`` with ``features.denseblock2``/``features.denseblock3``; a 3 x 3 stem costs a fifth
     of a 7 x 7 one, which pays for the wider ``layer1``.
