@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
+import sys
 from collections import Counter, defaultdict
 from importlib.metadata import version
 from pathlib import Path
@@ -20,9 +20,12 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bundle.provenance import cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 REVIEW = ROOT / "docs" / "mutation_review.yaml"
-OUT = ROOT / "docs" / "results" / "mutation"
+OUT = ROOT / "out" / "mutation"  # docs/results/mutation only when asked (scripts/mutation_run.sh asks)
 # verdicts a reviewed survivor may have; none of them changes a number a user reads
 VERDICTS = {
     "equivalent": "behaves the same for every input (equivalent mutant)",
@@ -32,12 +35,6 @@ VERDICTS = {
     "loud": "makes the code fail with an error on a path no test of the run takes (no wrong number is written)",
     "open": "changes a number, a decision or a file a user reads and no test of the run catches it: work left to do",
 }
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    names = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.is_file() else []
-    return names[0].strip() if names else platform.machine()
 
 
 def mutmut(*args: str) -> str:
@@ -92,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="wall time of the mutmut run")
     parser.add_argument("--children", type=int, default=None, help="mutmut run --max-children")
     parser.add_argument("--todo", type=Path, default=None, help="write the survivors not yet reviewed here (YAML)")
+    parser.add_argument("--out", type=Path, default=OUT, help="writes OUT.json and OUT.md (default out/mutation)")
     args = parser.parse_args(argv)
     statuses = results()
     if not statuses:
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "command": "bash scripts/mutation_run.sh",
         "mutmut": version("mutmut"),
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores, {args.children} mutmut children",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {args.children} mutmut children",
         "wall_seconds": args.seconds,
         "totals": dict(totals),
         "kill_rate_of_tested": (totals["killed"] + totals["timeout"]) / tested if tested else None,
@@ -129,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             if s["verdict"] is None
         ]
         args.todo.write_text(yaml.safe_dump(todo, allow_unicode=True, sort_keys=False, width=200))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    OUT.with_suffix(".md").write_text(markdown(report))
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
     killed = totals["killed"] + totals["timeout"]
     print(f"{tested} mutants reached by tests, {killed} killed; {len(survivors)} survived")
     print(f"({report['unreviewed_survivors']} not yet reviewed, {report['open_survivors']} open);", end=" ")
     print(f"{totals['no tests']} reached by no test of the run")
-    print(f"wrote {OUT.with_suffix('.json')} and {OUT.with_suffix('.md')}")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 
 

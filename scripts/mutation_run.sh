@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 rm -rf mutants
 start=$(date +%s)
 OMP_NUM_THREADS=1 mutmut run --max-children "${MAX_CHILDREN:-2}"
-python scripts/mutation_report.py --seconds "$(($(date +%s) - start))" --children "${MAX_CHILDREN:-2}"
+python scripts/mutation_report.py --seconds "$(($(date +%s) - start))" --children "${MAX_CHILDREN:-2}" --out docs/results/mutation
