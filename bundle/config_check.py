@@ -59,11 +59,12 @@ def _named_parameters(function: Callable[..., Any]) -> list[str]:
 
 # Arguments of MONAI's run itself, not config keys: those of run/run_workflow, of create_workflow (which they call
 # with the rest) and of ConfigWorkflow (which create_workflow builds with what is left before the overrides).
-MONAI_RUN_ARGUMENTS = frozenset(
-    name
-    for function in (*_COMMANDS.values(), bundle_scripts.create_workflow, ConfigWorkflow.__init__)
-    for name in _named_parameters(function)
-)
+_RUN_FUNCTIONS: list[Callable[..., Any]] = [
+    *_COMMANDS.values(),
+    bundle_scripts.create_workflow,
+    ConfigWorkflow.__init__,
+]
+MONAI_RUN_ARGUMENTS = frozenset(name for function in _RUN_FUNCTIONS for name in _named_parameters(function))
 
 
 def is_expression(value: Any) -> bool:
@@ -95,7 +96,7 @@ def _component_parameters(target: Any) -> list[str] | None:
         return None
     module = ComponentLocator().get_component_module_name(target) if "." not in target else None
     component = pydoc.locate(f"{module}.{target}" if isinstance(module, str) else target)
-    if component is None:
+    if component is None or not callable(component):  # inspect.signature would raise TypeError
         return None
     try:
         parameters = inspect.signature(component).parameters.values()
@@ -294,7 +295,8 @@ def _tracking_keys(tracking: Any) -> list[str]:
             settings = DEFAULT_EXP_MGMT_SETTINGS[tracking]
         else:
             settings = ConfigParser.load_config_files(tracking)
-        return [str(k) for k in settings.get("configs", {})]
+        configs: Any = settings.get("configs", {})  # MONAI's settings type their values object: a dict of ids here
+        return [str(k) for k in configs]
     except Exception:  # MONAI reports a bad tracking setting itself
         return []
 

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.data import Dataset
@@ -205,7 +205,8 @@ class TolerantDataset(Dataset):
         try:
             data = {k: item[k] for k in self.keys if k in item}
             if self.transform is not None:
-                data = apply_transform(self.transform, data)
+                # the pre-processing maps one dict to one dict (no transform here returns several samples)
+                data = cast(dict[str, Any], apply_transform(self.transform, data))
             image = torch.as_tensor(data["image"]).as_subclass(torch.Tensor).float()
             if tuple(image.shape) != self.image_shape:
                 raise ValueError(f"preprocessed image has shape {tuple(image.shape)}, expected {self.image_shape}")
@@ -223,6 +224,7 @@ def failure_reason(error: BaseException) -> str:
     while chain[-1].__cause__ is not None:
         chain.append(chain[-1].__cause__)
     for e in chain:
-        if getattr(e, "reason", None):
-            return str(e.reason)
+        reason = getattr(e, "reason", None)
+        if reason:
+            return str(reason)
     return f"{type(chain[-1]).__name__}: {chain[-1]}"

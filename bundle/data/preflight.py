@@ -233,7 +233,7 @@ def preflight(
         for p in report.problems:
             p.skipped = p.kind in ITEM_KINDS
         for key in ITEM_LIST_KEYS:
-            report.skipped[key] = sorted(i for s, i in bad if s == key)
+            report.skipped[key] = sorted(i for s, i in bad if s == key and i is not None)  # item kinds have an index
     kept = {key: [i for i in range(len(lists[key])) if policy == "error" or (key, i) not in bad] for key in lists}
     _check_empty(content, lists, kept, report)
     _check_overlaps(lists, kept, base, files, report)
@@ -345,7 +345,7 @@ def _check_header(content: dict[str, Any], report: Report, task: str | None, num
         add("task_mismatch", f"task is {content.get('task')!r} in the datalist but {task!r} in the config")
     if num_classes is not None and isinstance(classes, list) and len(classes) != num_classes:
         add("task_mismatch", f"the datalist has {len(classes)} classes but the config's num_classes is {num_classes}")
-    return len(classes) if valid else None
+    return len(classes) if valid and isinstance(classes, list) else None
 
 
 def _item_lists(content: dict[str, Any], report: Report) -> dict[str, list[Any]]:
@@ -514,7 +514,7 @@ def _count_non_finite(path: str) -> tuple[int, int]:
     if fmt == "nifti":
         import nibabel as nib
 
-        img = nib.load(path)
+        img: Any = nib.load(path)  # a NIfTI image: dtype and dataobj (nibabel's stubs say FileBasedImage)
         if img.get_data_dtype().kind in "fc" or img.dataobj.slope != 1 or img.dataobj.inter != 0:
             data = np.asanyarray(img.dataobj)
     elif fmt == "natural":
@@ -617,7 +617,7 @@ def _check_classes(
     classes: list[Any],
     lists: dict[str, list[Any]],
     kept: dict[str, list[int]],
-    unlabelled: set[tuple[str, int]],
+    unlabelled: set[tuple[str | None, int | None]],
     report: Report,
 ) -> None:
     """Each class in each labelled split: an error for training (never learnt), a warning for evaluation splits.

@@ -63,7 +63,8 @@ class ImageReadError(RuntimeError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
-    def __reduce__(self):  # keep both fields across DataLoader worker processes
+    # keep both fields across DataLoader worker processes
+    def __reduce__(self) -> tuple[type[ImageReadError], tuple[str, str]]:
         return (type(self), (self.path, self.reason))
 
 

@@ -46,14 +46,19 @@ class ExplainingEvaluator(SupervisedEvaluator):
         compile_kwargs: dict | None = None,
         **kwargs: Any,
     ):
-        super().__init__(device=device, val_data_loader=val_data_loader, network=network, **kwargs)
+        # torch.device(device): as MONAI's Workflow converts a str (SupervisedEvaluator's annotation says torch.device)
+        super().__init__(device=torch.device(device), val_data_loader=val_data_loader, network=network, **kwargs)
         explain = getattr(network, "explain", None)
         self.forward = explain if callable(explain) else network
         if compile:
             self.forward = torch.compile(self.forward, **(compile_kwargs or {}))
         self.compiled = bool(compile)
 
-    def _iteration(self, engine: ExplainingEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
+    # MONAI's Workflow runs self._iteration as Ignite's process function, which gets the engine itself: always an
+    # ExplainingEvaluator, narrower than the SupervisedEvaluator that MONAI's signature names
+    def _iteration(  # type: ignore[override]
+        self, engine: ExplainingEvaluator, batchdata: dict[str, torch.Tensor]
+    ) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)

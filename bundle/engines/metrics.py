@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric, ROCAUCMetric, compute_roc_auc
@@ -20,7 +21,7 @@ class ROCAUCKnownLabelsMetric(ROCAUCMetric):
     ``compute_roc_auc`` over the images whose label for that class is known.
     """
 
-    def aggregate(self, average: Average | str | None = None) -> np.ndarray | float:
+    def aggregate(self, average: Average | str | None = None) -> np.ndarray | float | npt.ArrayLike:  # as MONAI's
         y_pred, y = self.get_buffer()
         if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise ValueError("y_pred and y must be PyTorch Tensor.")
@@ -78,7 +79,11 @@ def store_per_class(engine: Any, name: str, class_names: Sequence[str], values: 
 class _BufferedMetric(CumulativeIterationMetric):
     """Keeps every batch's (probabilities, targets) for metrics computed over the whole set at the end."""
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # narrower than IterationMetric's (y optional, **kwargs): these metrics need labels and take no options, and
+    # MONAI's __call__ passes exactly (y_pred, y)
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return y_pred, y
 
     def _stacked(self) -> tuple[np.ndarray, np.ndarray]:

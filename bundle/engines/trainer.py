@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -99,6 +99,8 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
         other arguments: as ``monai.engines.SupervisedTrainer``.
     """
 
+    loss_function: MedTexLoss  # narrower than SupervisedTrainer's Callable: __init__ takes only a MedTexLoss
+
     def __init__(
         self,
         device: str | torch.device,
@@ -151,12 +153,14 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
             to_compile = {"explainer": getattr(model, "explainer", None), "student": student}
             if self.teacher is not None:
                 to_compile["teacher"] = self.teacher.network
-            to_compile = {name: module for name, module in to_compile.items() if module is not None}
-            for module in to_compile.values():
+            compiled = {name: module for name, module in to_compile.items() if module is not None}
+            for module in compiled.values():
                 module.compile(**(compile_kwargs or {}))
-            self.logger.info(f"torch.compile({compile_kwargs or ''}) of the {', the '.join(to_compile)}")
+            self.logger.info(f"torch.compile({compile_kwargs or ''}) of the {', the '.join(compiled)}")
 
-    def _iteration(self, engine: MedTexTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+    # MONAI's Workflow runs self._iteration as Ignite's process function, which gets the engine itself: always a
+    # MedTexTrainer, narrower than the SupervisedTrainer that MONAI's signature names
+    def _iteration(self, engine: MedTexTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
@@ -191,7 +195,8 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
             if engine.loss_function.weights["fidelity"] > 0 and engine.teacher is not None and has_explainer:
                 # after the student's pass, whose features were read above; the teacher's hooks record again.
                 # Without an explainer x' = x and the term is zero: no second teacher pass.
-                teacher_masked_logits = engine.teacher(unwrap(engine.network).apply_mask(inputs, mask))[0]
+                model = cast(MedTex, unwrap(engine.network))  # has an explainer, so a MedTex (or one like it)
+                teacher_masked_logits = engine.teacher(model.apply_mask(inputs, mask))[0]
             terms = engine.loss_function(
                 logits, targets, teacher_logits, mask, student_features, teacher_features, teacher_masked_logits
             )

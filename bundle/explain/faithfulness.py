@@ -8,7 +8,7 @@ Every function returns one value per image, ``(B,)``; localisation metrics are N
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from monai.networks.utils import eval_mode
@@ -115,7 +115,7 @@ def causal_curves(
     return counts.float() / n_pixels, curves.view(batch, steps + 1)
 
 
-def deletion_auc(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, **kwargs) -> torch.Tensor:
+def deletion_auc(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """Area under the deletion curve per image ``(B,)`` (trapezoid rule over the fraction deleted, in [0, 1]):
     lower is better, the probability falls fast when the most salient pixels go first. ``kwargs``: as
     :func:`causal_curves`."""
@@ -123,7 +123,7 @@ def deletion_auc(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, **k
     return torch.trapezoid(curves, fractions, dim=1)
 
 
-def insertion_auc(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, **kwargs) -> torch.Tensor:
+def insertion_auc(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """Area under the insertion curve per image ``(B,)``: higher is better. ``kwargs``: as :func:`causal_curves`."""
     fractions, curves = causal_curves(model, images, maps, mode="insertion", **kwargs)
     return torch.trapezoid(curves, fractions, dim=1)

@@ -27,6 +27,7 @@ flipping the map; ``OcclusionSensitivity`` picks softmax or sigmoid from the num
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
@@ -113,8 +114,10 @@ class MedTexSaliency(SaliencyMethod):
         super().__init__(model, normalize)
 
     def raw_maps(self, images: torch.Tensor, class_index: ClassIndex) -> torch.Tensor:
+        # checked callable in __init__; nn.Module's __getattr__ types it Tensor | Module
+        explain: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = getattr(self.model, "explain")
         with eval_mode(self.model):
-            return self.model.explain(images)[1]
+            return explain(images)[1]
 
 
 class _PerImageClassScores(ModelWithHooks):
@@ -142,7 +145,10 @@ class GradCAMSaliency(SaliencyMethod):
         hooked = _PerImageClassScores(model, self.target_layer, register_forward=True, register_backward=True)
         cam = GradCAMpp if plus_plus else GradCAM
         # identity postprocessing: MONAI's default normaliser flips the map; normalisation happens in __call__
-        self.cam = cam(nn_module=hooked, target_layers=self.target_layer, postprocessing=lambda m: m)
+        # CAMBase takes a ModelWithHooks as it is (and wraps anything else in one); its annotation says nn.Module
+        self.cam = cam(
+            nn_module=hooked, target_layers=self.target_layer, postprocessing=lambda m: m  # type: ignore[arg-type]
+        )
 
     def raw_maps(self, images: torch.Tensor, class_index: ClassIndex) -> torch.Tensor:
         index = self.classes(images, class_index)
@@ -222,8 +228,9 @@ class GradientSaliency(SaliencyMethod):
         super().__init__(model, normalize)
         self.name = "smoothgrad" if smooth else "vanillagrad"
         if smooth:
-            options = dict(n_samples=n_samples, stdev_spread=stdev_spread, magnitude=magnitude, verbose=False)
-            self.gradient: VanillaGrad = SmoothGrad(model, **options)
+            self.gradient: VanillaGrad = SmoothGrad(
+                model, n_samples=n_samples, stdev_spread=stdev_spread, magnitude=magnitude, verbose=False
+            )
         else:
             self.gradient = VanillaGrad(model)
 

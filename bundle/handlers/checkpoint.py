@@ -47,8 +47,13 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 disk_saver = checkpoint.save_handler
                 kw = dict(getattr(disk_saver, "kwargs", {}))
-                # DiskSaver.__call__ picks the file name (fixed or Ignite's) and hands the write to _save_func
-                disk_saver._save_func = lambda obj, path, func, _kw=kw: atomic_save(obj, path, func, **_kw)
+
+                def save_func(obj: Mapping, path: Path, func: Callable, _kw: dict[str, Any] = kw) -> None:
+                    atomic_save(obj, path, func, **_kw)
+
+                # DiskSaver.__call__ picks the file name (fixed or Ignite's) and hands the write to _save_func, which
+                # is replaced on this instance: DiskSaver takes no argument for how it writes
+                disk_saver._save_func = save_func  # type: ignore[method-assign,assignment]
 
 
 class ResumableCheckpoint:

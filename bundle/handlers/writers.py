@@ -230,7 +230,9 @@ class SaliencyWriter:
 
     def __call__(self, engine: Engine) -> None:
         """Write the outputs of every item of the (decollated) batch; rows are appended, so a killed run keeps them."""
-        batch, output = engine.state.batch, engine.state.output
+        # Ignite annotates State.batch and State.output as int | None; they hold the engine's data
+        batch: Any = engine.state.batch
+        output: Any = engine.state.output
         if isinstance(batch, dict) or isinstance(output, dict):
             raise ValueError("SaliencyWriter needs decollated engine data (the engine's decollate=True)")
         predictions, errors = [], []
@@ -293,7 +295,7 @@ class SaliencyWriter:
 
     def _nifti_affine(self, source: str) -> np.ndarray:
         """The source's affine (header only), moved to the read slice of a volume."""
-        img = nib.load(source)
+        img: Any = nib.load(source)  # a NIfTI image: affine and shape (nibabel's stubs say FileBasedImage)
         affine = np.array(img.affine, dtype=np.float64)
         if self.frame is not None and len(img.shape) >= 3 and img.shape[2] > 1:
             affine[:3, 3] = (img.affine @ np.array([0.0, 0.0, float(self.frame), 1.0]))[:3]
@@ -318,6 +320,7 @@ class SaliencyWriter:
         instance_number = ref.get("InstanceNumber") or self._instances[series_uid]
         sop_uid = generate_uid(entropy_srcs=[str(ref.get("SOPInstanceUID", source)), series_uid])
         spacing = ref.get("PixelSpacing")
+        pixel_spacing = tuple(float(v) for v in spacing) if spacing is not None and len(spacing) == 2 else None
         capture = SCImage.from_ref_dataset(
             ref,
             pixel_array=overlay,
@@ -329,7 +332,8 @@ class SaliencyWriter:
             sop_instance_uid=sop_uid,
             instance_number=int(instance_number),
             manufacturer=self.manufacturer,
-            pixel_spacing=tuple(float(v) for v in spacing) if spacing is not None and len(spacing) == 2 else None,
+            # highdicom 0.28 annotates this argument tuple[int, int]; it is in mm (SCImage.__init__ says float)
+            pixel_spacing=pixel_spacing,  # type: ignore[arg-type]
             # highdicom insists on a single-letter orientation for PATIENT; the real one is copied below
             patient_orientation=("L", "F"),
             transfer_syntax_uid=ExplicitVRLittleEndian,

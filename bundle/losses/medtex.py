@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch import nn
@@ -123,7 +123,8 @@ class MedTexLoss(nn.Module):
             if teacher_logits is None:
                 raise ValueError("fidelity_weight > 0 but no teacher logits were given")
             terms["fidelity"] = self.fidelity(teacher_masked_logits, teacher_logits)
-        terms["loss"] = sum(self.weights[name] * terms[name] for name in self.weights)
+        # a sum of the five weighted tensor terms, never sum()'s int start value
+        terms["loss"] = cast(torch.Tensor, sum(self.weights[name] * terms[name] for name in self.weights))
         return terms
 
     def _covered(self, student_logits: torch.Tensor) -> torch.Tensor:

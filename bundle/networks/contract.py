@@ -295,7 +295,7 @@ def resolve_teacher_contract(
         channels=channels,
         size=None if size is None else int(size),
         resize_mode=resize_mode,
-        value_range=value_range,  # type: ignore[arg-type]
+        value_range=value_range,
         mean=mean_list,
         std=std_list,
         output=output,

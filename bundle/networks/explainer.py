@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,16 @@ class Explainer(nn.Module):
         # the default (small random) 1x1 weights keep gradients flowing; the bias sets the starting mask
         nn.init.constant_(self.body.final_conv.bias, init_bias)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
         # weights saved before these options have neither buffer: full scale, pooling
         saved_scale = int(state_dict.get(prefix + "input_scale", 1))
         saved_unshuffle = int(state_dict.get(prefix + "input_unshuffle", 0))

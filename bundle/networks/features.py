@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ class FeatureRecorder:
         self._outputs: dict[str, torch.Tensor] = {}
         self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self.layers]
 
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
         def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             self._outputs[name] = output
 
@@ -70,7 +70,7 @@ def output_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, tu
     their children), from one pass on zeros of ``(1, *input_shape)``."""
     shapes: dict[str, tuple[int, ...]] = {}
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[[nn.Module, object, object], None]:
         def record(_module: nn.Module, _inputs: object, output: object) -> None:
             if isinstance(output, torch.Tensor):
                 shapes.pop(name, None)  # a module run twice counts where it last finished

@@ -80,6 +80,9 @@ class GaussianBlur(nn.Module):
 
     def __init__(self, sigma: float) -> None:
         super().__init__()
+        # for the type checker only: a buffer is reached through nn.Module.__getattr__ (Tensor | Module); not a
+        # class-level annotation, which TorchScript would take for an attribute besides the buffer
+        self.kernel: torch.Tensor
         radius = max(1, int(round(3 * sigma)))
         offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
         kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
