@@ -393,20 +393,20 @@ def _seeded_headline(tables: list[tuple[str, list[dict[str, str]]]]) -> list[str
             f"<th>{html.escape(_experiment_name(stem))}" + (f"<br>n = {n}" if n is not None else "") + "</th>"
             for (stem, _), n in zip(experiments, largest)
         )
-        rows = [f"<tr><th>method</th>{head}</tr>"]
+        table_rows = [f"<tr><th>method</th>{head}</tr>"]
         for method in methods:
             tds = []
             for (_, cells), n in zip(experiments, largest):
                 text, own = cells.get(method, ("", None))
                 note = f" <span class=note>n = {own}</span>" if text and own is not None and own != n else ""
                 tds.append(f'<td class="num">{html.escape(text)}{note}</td>')
-            rows.append(f"<tr><td>{html.escape(method)}</td>{''.join(tds)}</tr>")
+            table_rows.append(f"<tr><td>{html.escape(method)}</td>{''.join(tds)}</tr>")
         out.append(
             f"<h3>Headline: {html.escape(metric)}</h3>"
             f'<p class="note">{html.escape(metric)} of each method at its largest labelled set (n at the column\'s '
             "head unless the cell says otherwise), mean ± sd over seeds (number of seeds), rounded to the first "
             "significant digit of the standard error; a single seed keeps 3 significant digits.</p>"
-            f'<div class="table-box"><table class="headline">{"".join(rows)}</table></div>'
+            f'<div class="table-box"><table class="headline">{"".join(table_rows)}</table></div>'
         )
     return out
 

@@ -65,21 +65,37 @@ def convert_chexpert(
     if root.name.startswith("CheXpert-v1.0") and (root / "train.csv").is_file():
         base, root = root, root.parent  # tolerate --root pointing at the CheXpert-v1.0-small folder itself
     else:
-        base = next((root / n for n in ("CheXpert-v1.0-small", "CheXpert-v1.0") if (root / n).is_dir()), None)
-        if base is None:
+        found = next((root / n for n in ("CheXpert-v1.0-small", "CheXpert-v1.0") if (root / n).is_dir()), None)
+        if found is None:
             raise FileNotFoundError(f"chexpert: {root} contains neither CheXpert-v1.0-small/ nor CheXpert-v1.0/")
-    options = dict(classes=classes, uncertain=uncertain, blank=blank, frontal_only=frontal_only)
+        base = found
+
+    def items_of(csv_path: Path) -> list[dict[str, Any]]:
+        return _chexpert_items(
+            root, base, csv_path, classes=classes, uncertain=uncertain, blank=blank, frontal_only=frontal_only
+        )
+
     train_csv = _existing_file(base / "train.csv", "chexpert", "CheXpert's train.csv")
-    items = _chexpert_items(root, base, train_csv, **options)
+    items = items_of(train_csv)
     _require_items(items, "chexpert", train_csv)
     if (base / "valid.csv").is_file():
         splits = _split("chexpert", items, val_fraction, 0.0, seed)
-        splits["test"] = _chexpert_items(root, base, base / "valid.csv", **options)
+        splits["test"] = items_of(base / "valid.csv")
     else:
         logger.warning("chexpert: %s not found; splitting the test set off train.csv by patient", base / "valid.csv")
         splits = _split("chexpert", items, val_fraction, test_fraction, seed)
-    extra = {"uncertain": uncertain, "blank": blank, "frontal_only": frontal_only}
-    return _datalist("chexpert", "multilabel", classes, splits, [], root, seed=seed, **extra)
+    return _datalist(
+        "chexpert",
+        "multilabel",
+        classes,
+        splits,
+        [],
+        root,
+        seed=seed,
+        uncertain=uncertain,
+        blank=blank,
+        frontal_only=frontal_only,
+    )
 
 
 def chexpert_value(value: str, uncertain: str = "ones", blank: str = "zeros") -> int:

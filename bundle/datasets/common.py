@@ -119,7 +119,7 @@ def _index_files(root: Path, names: set[str]) -> dict[str, Path]:
 
 def _walk_files(root: Path, accept: Callable[[str], bool]) -> list[Path]:
     """Files under ``root`` (any depth, hidden entries skipped) whose name ``accept`` takes, in sorted walk order."""
-    found = []
+    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".") and accept(n))

@@ -116,7 +116,7 @@ def convert_dicom_folder(
     return _datalist("dicom_folder", task, classes, splits, unlabeled, root, name=root.resolve().name, seed=seed)
 
 
-_NOT_DICOM = (".csv", ".txt", ".json", ".md", ".yaml", ".yml", ".xml", ".html", ".pdf", ".zip", ".py")
+_NOT_DICOM: tuple[str, ...] = (".csv", ".txt", ".json", ".md", ".yaml", ".yml", ".xml", ".html", ".pdf", ".zip", ".py")
 _NOT_DICOM += (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npz", ".npy", ".nii", ".nii.gz")
 
 
@@ -187,11 +187,11 @@ def _dicom_labels(csv_path: Path, classes: Sequence[str] | None) -> tuple[str, l
         raise ValueError(f"{csv_path}: missing class column(s) {absent}; found {header}")
     if not columns:
         raise ValueError(f"{csv_path}: no 'label' column and no per-class 0/1 columns; found {header}")
-    values = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": -1, "-1.0": -1, "": -1}
+    codes = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": -1, "-1.0": -1, "": -1}
     for k, (line, row) in zip(keys, rows):
-        bad = [c for c in columns if row[c] not in values]
+        bad = [c for c in columns if row[c] not in codes]
         if bad:
             raise ValueError(f"{csv_path}, line {line}: column(s) {bad} must be 0, 1, -1 or blank")
-        label = [values[row[c]] for c in columns]
+        label = [codes[row[c]] for c in columns]
         labels[k] = label if any(v != -1 for v in label) else None  # nothing known: an unlabelled image
     return "multilabel", columns, labels, key

@@ -132,7 +132,8 @@ def union_mask(paths: Iterable[PathLike], shape: tuple[int, int]) -> np.ndarray:
     """Union of binary masks (any non-zero colour channel is foreground) as a uint8 0/255 array of ``shape`` (H, W)."""
     union = np.zeros(shape, dtype=bool)
     for path in paths:
-        with Image.open(path) as im:
+        with Image.open(path) as opened:
+            im: Image.Image = opened
             if im.mode == "P":
                 im = im.convert("RGB")
             elif im.mode in ("RGBA", "LA", "PA"):

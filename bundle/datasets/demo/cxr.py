@@ -129,8 +129,8 @@ def synth_cxr(
         cons = cons[lungs[cons_side]["env"][cons] & ~ptx_region[cons]]
         # air bronchograms: thin aerated branches inside the opacity
         ang = find_rng.uniform(0, 2 * np.pi)
-        seg = [(x, y, x + 0.05 * S * np.cos(ang + da), y + 0.05 * S * np.sin(ang + da)) for da in (0.0, 0.7)]
-        bronchi = _stroke_pixels(S, np.array(seg), 0.5, np.zeros(2), np.ones(2))
+        forks = [(x, y, x + 0.05 * S * np.cos(ang + da), y + 0.05 * S * np.sin(ang + da)) for da in (0.0, 0.7)]
+        bronchi = _stroke_pixels(S, np.array(forks), 0.5, np.zeros(2), np.ones(2))
         bronchi = bronchi[np.isin(bronchi, cons)][:-2]
         solid[np.setdiff1d(cons, bronchi)] = True
 
@@ -218,7 +218,7 @@ def write_cxr_dicom(
     path: str | os.PathLike,
     image: np.ndarray,
     rng: np.random.Generator,
-    uid_entropy: Sequence[str],
+    uid_entropy: Sequence[object],
     patient_id: str,
     domain: str = "A",
     instance_number: int = 1,
@@ -232,6 +232,7 @@ def write_cxr_dicom(
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         PYDICOM_IMPLEMENTATION_UID,
+        UID,
         ComputedRadiographyImageStorage,
         DigitalXRayImageStorageForPresentation,
         ExplicitVRLittleEndian,
@@ -257,7 +258,7 @@ def write_cxr_dicom(
     width = max((whi - wlo) * rng.uniform(1.0, 1.15), 2.0)
     center = (wlo + whi) / 2
 
-    def uid(tag: str) -> str:
+    def uid(tag: str) -> UID:
         return generate_uid(prefix=UID_ROOT, entropy_srcs=[*map(str, uid_entropy), tag])
 
     cr = domain == "B"

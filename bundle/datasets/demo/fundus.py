@@ -70,7 +70,9 @@ def _vessel_segments(
     turn, coin = rng.normal(0, 0.18, pool).tolist(), rng.random(pool).tolist()
     branch = (rng.choice([-1.0, 1.0], pool) * rng.uniform(0.45, 1.1, pool)).tolist()
     k = 0
-    segs, widths, t0s = [], [], []
+    segs: list[tuple[float, float, float, float]] = []
+    widths: list[float] = []
+    t0s: list[float] = []
     area, r2 = 0.0, (0.97 * fr) ** 2
     sx = step * float(side)
     while stack and len(segs) < 600 and area < max_area and k < pool - 64:
@@ -119,15 +121,15 @@ def _streak_segments(
     head = np.arctan2(y - disc[1], x - disc[0]) + rng.normal(0, 0.35, n)
     bend = rng.normal(0, 0.25, n)
     step = rng.uniform(0.03, 0.05, n) * size
-    segs, t0 = [], []
+    segs, starts = [], []
     for k in range(3):
         a = head + k * bend
         nx, ny = x + step * np.cos(a), y + step * np.sin(a)
         segs.append(np.stack([x, y, nx, ny], 1))
-        t0.append(t_offset + np.arange(n) + k / 3)
+        starts.append(t_offset + np.arange(n) + k / 3)
         x, y = nx, ny
     seg = np.concatenate(segs)
-    t0 = np.concatenate(t0)
+    t0 = np.concatenate(starts)
     return seg, t0, t0 + 1 / 3
 
 
