@@ -104,7 +104,7 @@ def test_compare_saliency_writes_every_method_with_valid_scores(tmp_path, task, 
     table = (out / f"saliency_{task}.md").read_text()
     assert all(f"| {method} |" in table for method in rows)
     grid = Image.open(out / f"saliency_{task}.png")
-    assert grid.size[0] > grid.size[1]  # 3 rows of images, 2 + 7 columns
+    assert grid.size[0] > grid.size[1] and grid.mode == "RGB"  # 3 rows of images, 2 + 7 columns; opaque
     for suffix in (".csv", ".md", ".png"):
         assert f"saliency_{task}{suffix}" in printed
     html = (out / "report.html").read_text()  # one file for people: the table and the grid embedded
