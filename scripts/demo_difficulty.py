@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.task} n_train={n:5d}: test {line}  ({results['runs'][name]['seconds']:.0f} s)")
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out} (total {results['total_seconds']:.0f} s)")
     if tmp is not None:
         tmp.cleanup()

@@ -121,7 +121,9 @@ class Experiment:
         argv = [portable_path(a) if os.path.isabs(a) else a for a in self.argv]
         command = command_line([Path(sys.executable).name, "scripts/learning_curve.py", *argv])
         if report_only and previous:
-            self.meta_path.write_text(json.dumps({**previous, "reported": now, "report_command": command}, indent=2))
+            self.meta_path.write_text(
+                json.dumps({**previous, "reported": now, "report_command": command}, indent=2) + "\n"
+            )
             return
         meta = {
             "created": previous.get("created", now),
