@@ -15,6 +15,7 @@ and lists every problem at once:
   bool: the true/false/auto switches), a list default a list (or ``auto``: teacher_feature_layers). Expression
   defaults (``$``, ``@``, ``%``), ``null`` and dicts take anything, and so does any override value that is itself an
   expression or reference;
+- not one of the choices: ``multiframe`` and ``config_check`` take one of a few words (``CHOICES``);
 - dropped value: MONAI's command line drops ``--key None`` (``update_kwargs`` ignores None), so it is reported where
   the config has another value (``'$None'`` sets null).
 
@@ -50,6 +51,11 @@ MERGE_PREFIX = "+"  # MONAI's "+key" merges into key (update_kwargs/merge_kv): t
 # The bundle CLI commands whose arguments end in config overrides (**override / **kwargs).
 _COMMANDS: dict[str, Callable[..., Any]] = {"run": bundle_scripts.run, "run_workflow": bundle_scripts.run_workflow}
 _MAX_SUGGESTIONS = 3
+# Top-level keys that take one of a few words: an override with another one is reported like a wrong type.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "config_check": POLICIES,
+    "multiframe": ("refuse", "per_frame"),  # inference: multi-frame files refused, or read one row per frame
+}
 
 
 def _named_parameters(function: Callable[..., Any]) -> list[str]:
@@ -206,6 +212,8 @@ def find_problems(
         if expected is not None and not expected[1](value):
             source = _source(files, contents, parts)
             problems.append(f"{id_}: expected {expected[0]} ({source} has {_short(node)}), got {_describe(value)}")
+        elif id_ in CHOICES and value not in CHOICES[id_]:
+            problems.append(f"{id_}: expected one of {', '.join(CHOICES[id_])}, got {_describe(value)}")
     return problems
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +44,37 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> N
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_together(writes: Sequence[tuple[str | os.PathLike, Callable[[Path], Any]]]) -> None:
+    """All of ``writes`` (``(path, write)`` pairs, as for ``write_atomically``) or none: each is written to its hidden
+    ``.part-`` temporary and fsynced first, and only when every one succeeded are they renamed into place. A
+    failure removes the temporaries and whatever an earlier run left at those paths (which would not belong with
+    this run's result), then raises; so does a failed rename, after removing those already renamed. A kill
+    between the renames can leave some in place; the caller records the set as done only after this returns, so a
+    resumed run writes them again."""
+    pairs = [(Path(path), path_write) for path, path_write in writes]
+    temporaries = [path.with_name(PART + path.name) for path, _ in pairs]
+    try:
+        for (_, write), tmp in zip(pairs, temporaries):
+            write(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for (path, _), tmp in zip(pairs, temporaries):
+            os.replace(tmp, path)  # can still fail, e.g. where a folder has the target's name
+    except BaseException:
+        for (path, _), tmp in zip(pairs, temporaries):
+            tmp.unlink(missing_ok=True)
+            if path.is_file():
+                path.unlink()
+        raise
+    for folder in sorted({path.parent for path, _ in pairs}):
+        if hasattr(os, "O_DIRECTORY"):  # Windows: folders cannot be opened for fsync
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -169,7 +169,8 @@ def test_listing_skips_hidden_and_non_images_and_finds_dicom_without_suffix(tmp_
 
 def test_predictions_one_row_per_readable_file_matching_the_network(run):
     rows = read_csv(run["out"] / "predictions.csv")
-    assert list(rows[0]) == ["file", *CLASSES, "predicted"]
+    assert list(rows[0]) == ["file", *CLASSES, "predicted", "frame", "outputs"]
+    assert {(r["frame"], r["outputs"]) for r in rows} == {("", "written")}
     assert sorted(Path(r["file"]).relative_to(run["inputs"]).as_posix() for r in rows) == sorted(READABLE)
     for row in rows:
         p = np.array([float(row[c]) for c in CLASSES])
@@ -288,7 +289,9 @@ def test_a_failed_write_is_reported_and_the_rest_still_written(tmp_path):
     assert predictions[1]["predicted"] == "a;c"  # multilabel: every class from the 0.5 threshold
     errors = {Path(r["file"]).name: r["reason"] for r in read_csv(tmp_path / "out" / "errors.csv")}
     assert errors["bad.png"] == "cannot decode image"
-    assert errors["gone.png"].startswith("writing outputs failed: ImageReadError: ")
+    assert errors["gone.png"].startswith("writing outputs failed, none written: ImageReadError: ")
+    assert predictions[0]["outputs"].startswith("none written: ImageReadError: ")
+    assert predictions[1]["outputs"] == "written"
     assert Image.open(tmp_path / "out" / "good_overlay.png").size == (30, 20)
     assert (writer.n_predicted, writer.n_errors) == (2, 2)
 
@@ -491,7 +494,9 @@ def test_writer_maps_at_source_resolution_routing_and_counts(tmp_path):
     rows = read_csv(tmp_path / "out" / "predictions.csv")
     assert [Path(r["file"]).name for r in rows] == ["a.png", "b.dcm", "c.nii.gz"]
     assert [r["predicted"] for r in rows] == ["a", "a", "a"] and rows[0]["b"] == "0.350000"
-    assert read_csv(tmp_path / "out" / "errors.csv") == [{"file": str(tmp_path / "x.png"), "reason": "unreadable"}]
+    assert read_csv(tmp_path / "out" / "errors.csv") == [
+        {"file": str(tmp_path / "x.png"), "reason": "unreadable", "frame": ""}
+    ]
     for stem, (rows_, cols), source_affine in (
         ("a", (8, 6), np.eye(4)),
         ("b", (10, 12), np.eye(4)),

@@ -20,7 +20,15 @@ from monai.data import Dataset
 from monai.transforms import apply_transform
 
 from bundle.data.datalist import load_datalist, read_datalist_info
-from bundle.data.readers import DICOM_SUFFIXES, ITK_SUFFIXES, NATURAL_SUFFIXES, NIFTI_SUFFIXES, sniff_format
+from bundle.data.readers import (
+    DICOM_SUFFIXES,
+    ITK_SUFFIXES,
+    NATURAL_SUFFIXES,
+    NIFTI_SUFFIXES,
+    read_dicom,
+    sniff_format,
+)
+from bundle.data.transforms import FRAME_KEY
 from bundle.files import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -38,6 +46,8 @@ SOURCE_KEY = "source"
 RESUME_STATE = ".inference_resume.json"  # hidden: never listed as an input
 VALID_KEY = "valid"
 ERROR_KEY = "error"
+NO_FRAME = -1  # FRAME_KEY of an item read as a whole (every item has the key, so that batches collate)
+MULTIFRAME = ("refuse", "per_frame")
 
 
 def list_input_files(input_dir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[dict[str, str]]:
@@ -94,11 +104,19 @@ def inference_items(
     return items
 
 
-def finished_sources(output_dir: str | os.PathLike) -> set[str]:
-    """The files a previous run into ``output_dir`` finished: listed in its ``predictions.csv`` or ``errors.csv``.
+def item_key(path: str | os.PathLike, frame: Any = None) -> str:
+    """How resuming names an item: its path, and for one frame of a file read per frame ``<path>#frame=<n>``."""
+    if frame is None or frame == "" or int(frame) < 0:
+        return str(path)
+    return f"{path}#frame={int(frame)}"
 
-    A row is appended only after all of that file's outputs were written, so a listed file is complete; a last line
-    cut short by a kill (no newline) does not count.
+
+def finished_sources(output_dir: str | os.PathLike) -> set[str]:
+    """The items (``item_key``) a previous run into ``output_dir`` finished: listed in its ``predictions.csv`` or
+    ``errors.csv``.
+
+    A row is appended only after all of that file's outputs were written (or failed), so a listed file is
+    complete; a last line cut short by a kill (no newline) does not count.
     """
     done: set[str] = set()
     for name in ("predictions.csv", "errors.csv"):
@@ -107,9 +125,56 @@ def finished_sources(output_dir: str | os.PathLike) -> set[str]:
             continue
         with open(path, newline="") as f:
             lines = f.read().splitlines(keepends=True)
+        header = next(csv.reader(lines[:1]), [])
+        column = header.index(FRAME_KEY) if FRAME_KEY in header else None
         complete = [line for line in lines[1:] if line.endswith("\n")]
-        done.update(row[0] for row in csv.reader(complete) if row)
+        for row in csv.reader(complete):
+            if row:
+                done.add(item_key(row[0], row[column] if column is not None and column < len(row) else None))
     return done
+
+
+def expand_frames(items: Sequence[dict], multiframe: str = "refuse", frame: int | None = None) -> list[dict]:
+    """With ``multiframe: per_frame``, each multi-frame DICOM file and each NIfTI volume becomes one item per frame
+    (slice), ``{"image": path, "frame": i}``, i from 0; other items stay as they are. ``refuse`` (the default)
+    leaves every item whole, and the reader refuses files with several frames unless ``frame`` names one.
+
+    Only headers are read here (a file that cannot be read stays one item, for the loader to report). Setting both
+    ``frame`` and ``per_frame`` is a contradiction, and stops the run.
+    """
+    if multiframe not in MULTIFRAME:
+        raise ValueError(f"multiframe must be one of {', '.join(MULTIFRAME)}, not {multiframe!r}")
+    if multiframe == "refuse":
+        return list(items)
+    if frame is not None:
+        raise ValueError(f"frame is {frame} and multiframe is per_frame: set frame to null to read every frame")
+    expanded: list[dict] = []
+    for item in items:
+        n = _frame_count(item["image"])
+        if n > 1:
+            expanded.extend({**item, FRAME_KEY: i} for i in range(n))
+        else:
+            expanded.append(item)
+    return expanded
+
+
+def _frame_count(path: str | os.PathLike) -> int:
+    """Frames of a DICOM file, slices of a 3D NIfTI volume (1 for anything else, or unreadable)."""
+    try:
+        fmt = sniff_format(path)
+        if fmt == "dicom":
+            return int(read_dicom(path, stop_before_pixels=True).get("NumberOfFrames") or 1)
+        if fmt == "nifti":
+            import nibabel as nib
+
+            img: Any = nib.load(str(path))  # a NIfTI image (nibabel's stubs say FileBasedImage)
+            shape = [int(s) for s in img.shape]
+            while len(shape) > 2 and shape[-1] == 1:
+                shape.pop()
+            return shape[2] if len(shape) == 3 else 1
+    except Exception:  # the loader reads it again and reports what is wrong
+        return 1
+    return 1
 
 
 def prepare_output_dir(
@@ -143,7 +208,7 @@ def pending_items(items: Sequence[dict], output_dir: str | os.PathLike) -> list[
     of those stay is ``prepare_output_dir``'s decision, taken before)."""
     items = list(items)
     done = finished_sources(output_dir)
-    pending = [item for item in items if str(item["image"]) not in done]
+    pending = [item for item in items if item_key(item["image"], item.get(FRAME_KEY)) not in done]
     if len(pending) < len(items):
         logger.info(
             f"resuming in {output_dir}: {len(items) - len(pending)} of {len(items)} files already done, "
@@ -176,8 +241,9 @@ class TolerantDataset(Dataset):
     """MONAI ``Dataset`` whose items never raise: a failed item becomes a zero placeholder with the reason.
 
     Each returned item has ``image`` (a plain float tensor of ``image_shape``), ``source`` (the input path, also
-    for failed items), ``valid`` (bool) and ``error`` (the reason, empty when valid). Only ``keys`` of the input
-    item are passed to ``transform``, so that items with different optional fields still batch together.
+    for failed items), ``frame`` (the frame an item of ``expand_frames`` stands for, else -1), ``valid`` (bool)
+    and ``error`` (the reason, empty when valid). Only ``keys`` of the input item (and its ``frame``) are passed to
+    ``transform``, so that items with different optional fields still batch together.
     MetaTensor metadata is dropped for the same reason: PNG, DICOM and NIfTI metadata have different keys and
     would not collate; writers re-read the source file from ``source``.
 
@@ -202,8 +268,11 @@ class TolerantDataset(Dataset):
     def _transform(self, index: int) -> dict[str, Any]:
         item = self.data[index]
         source = str(item["image"])
+        frame = int(item.get(FRAME_KEY, NO_FRAME))
         try:
             data = {k: item[k] for k in self.keys if k in item}
+            if frame != NO_FRAME:
+                data[FRAME_KEY] = frame
             if self.transform is not None:
                 # the pre-processing maps one dict to one dict (no transform here returns several samples)
                 data = cast(dict[str, Any], apply_transform(self.transform, data))
@@ -212,9 +281,10 @@ class TolerantDataset(Dataset):
                 raise ValueError(f"preprocessed image has shape {tuple(image.shape)}, expected {self.image_shape}")
         except Exception as e:  # any failure of any file must not stop the run: it is reported in errors.csv
             reason = failure_reason(e)
-            logger.warning(f"{source}: {reason}")
-            return {"image": torch.zeros(self.image_shape), SOURCE_KEY: source, VALID_KEY: False, ERROR_KEY: reason}
-        return {**data, "image": image, SOURCE_KEY: source, VALID_KEY: True, ERROR_KEY: ""}
+            logger.warning(f"{source}{f' frame {frame}' if frame != NO_FRAME else ''}: {reason}")
+            placeholder = torch.zeros(self.image_shape)
+            return {"image": placeholder, SOURCE_KEY: source, FRAME_KEY: frame, VALID_KEY: False, ERROR_KEY: reason}
+        return {**data, "image": image, SOURCE_KEY: source, FRAME_KEY: frame, VALID_KEY: True, ERROR_KEY: ""}
 
 
 def failure_reason(error: BaseException) -> str:

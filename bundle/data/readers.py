@@ -12,6 +12,7 @@ line up pixel for pixel. Every failure is one exception type, ``ImageReadError``
 
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 import struct
@@ -161,6 +162,12 @@ class MedicalImageReader(ImageReader):
         self.max_pixels = max_pixels
         self.reduce_min_side = reduce_min_side
 
+    def with_frame(self, frame: int | None) -> MedicalImageReader:
+        """This reader with another ``frame``, all other settings the same."""
+        other = copy.copy(self)
+        other.frame = frame
+        return other
+
     def _check_size(self, path: Path, rows: int, columns: int, what: str = "image") -> None:
         """Refuse, before decoding, an image with more pixels than ``max_pixels``."""
         if self.max_pixels is not None and rows * columns > self.max_pixels:
@@ -274,7 +281,7 @@ class MedicalImageReader(ImageReader):
         from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
         try:
-            ds = pydicom.dcmread(path, force=True)  # the content was sniffed already; old files lack the preamble
+            ds = read_dicom(path)
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as e:
             raise ImageReadError(path, f"not a readable DICOM file (truncated or corrupt?): {e}") from e
         if len(ds) == 0:
@@ -389,6 +396,30 @@ class MedicalImageReader(ImageReader):
             data = data[..., :3]
         self._check_size(path, data.shape[0], data.shape[1])  # ITK has decoded it already: bounds what follows
         return _minmax(_reduce_blocks(data, self._reduction(*data.shape[:2])).astype(np.float64)), {}
+
+
+def read_dicom(path: str | os.PathLike, stop_before_pixels: bool = False) -> Any:
+    """``pydicom.dcmread(path, force=True)`` (the content was sniffed already; old files lack the preamble), with a
+    Transfer Syntax UID set from the encoding pydicom detected when the file has no file meta information (ACR-NEMA
+    style and some archive exports: no preamble, no ``DICM``, no group 0002). Without it pydicom parses the header
+    but will not decode the pixels. Such a file can only be uncompressed: implicit or explicit VR, little or big
+    endian."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        if implicit is not None and little is not None:  # None: nothing was parsed (the caller reports it)
+            if meta is None:
+                meta = ds.file_meta = FileMetaDataset()
+            if implicit:
+                meta.TransferSyntaxUID = ImplicitVRLittleEndian  # implicit VR is little endian by definition
+            else:
+                meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return ds
 
 
 def _decode_failure(syntax: Any, message: str) -> str:

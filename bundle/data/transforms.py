@@ -43,8 +43,15 @@ class LoadMedicalImage(LoadImage):
         return super().__call__(filename, reader=reader or self.medical_reader)
 
 
+FRAME_KEY = "frame"
+
+
 class LoadMedicalImaged(MapTransform):
-    """Dictionary version of ``LoadMedicalImage`` (e.g. keys ``image`` and ``mask``), with the same ``reader``."""
+    """Dictionary version of ``LoadMedicalImage`` (e.g. keys ``image`` and ``mask``), with the same ``reader``.
+
+    An item with an integer ``frame`` of 0 or more (inference's ``multiframe: per_frame`` lists one item per frame)
+    is read at that frame or slice, whatever the reader's own ``frame``.
+    """
 
     def __init__(
         self, keys: KeysCollection, reader: MedicalImageReader | None = None, allow_missing_keys: bool = False
@@ -54,8 +61,12 @@ class LoadMedicalImaged(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        frame = d.get(FRAME_KEY)
+        reader = None
+        if frame is not None and int(frame) >= 0:
+            reader = self.loader.medical_reader.with_frame(int(frame))
         for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
+            d[key] = self.loader(d[key], reader=reader)
         return d
 
 

@@ -27,16 +27,21 @@ from ignite.engine import Engine, Events
 from monai.transforms import Resize
 from PIL import Image
 
-from bundle.data.inference import ERROR_KEY, IMAGE_SUFFIXES, SOURCE_KEY, VALID_KEY
-from bundle.data.readers import MedicalImageReader
+from bundle.data.dicom_values import repair_dataset
+from bundle.data.inference import ERROR_KEY, FRAME_KEY, IMAGE_SUFFIXES, SOURCE_KEY, VALID_KEY
+from bundle.data.readers import MedicalImageReader, read_dicom
 from bundle.engines.evaluator import SALIENCY
-from bundle.files import PART, write_atomically
+from bundle.files import PART, write_atomically, write_together
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_CSV = "predictions.csv"
 ERRORS_CSV = "errors.csv"
+ERRORS_COLUMNS = ["file", "reason", FRAME_KEY]
+# columns added after 0.8.2, at the end: a folder written before them resumes (``_continue_csv``)
+NEW_COLUMNS = {PREDICTIONS_CSV: [FRAME_KEY, "outputs"], ERRORS_CSV: [FRAME_KEY]}
 TASKS = ("multiclass", "multilabel")
+WRITTEN = "written"  # predictions.csv's outputs column when every output of the row's image was written
 # longest first, so that "x.nii.gz" loses ".nii.gz" and not only ".gz"
 _STRIP_SUFFIXES = sorted(IMAGE_SUFFIXES, key=len, reverse=True)
 
@@ -93,11 +98,22 @@ def deidentify_capture(ds: Any) -> None:
     ds.DeidentificationMethod = "PS3.15 Basic Application Confidentiality Profile, Retain UIDs Option (MED-TEX bundle)"
 
 
-def _continue_csv(path: Path, header: list[str]) -> None:
-    """Check that a previous run's CSV has this header, and drop a last row a kill cut short."""
+def _continue_csv(path: Path, header: list[str], legacy: list[str] | None = None) -> None:
+    """Check that a previous run's CSV has this header, and drop a last row a kill cut short. A CSV with the
+    ``legacy`` header (that of bundle versions before the ``frame`` and ``outputs`` columns, a prefix of ``header``)
+    gets the new header and empty new cells (not known), so that a folder of an older version resumes."""
     with open(path, newline="") as f:
         lines = f.read().splitlines(keepends=True)
     found = next(csv.reader(lines[:1]), [])
+    if legacy is not None and found == legacy and found != header:
+        complete = [row for row in csv.reader(line for line in lines[1:] if line.endswith("\n"))]
+
+        def migrate(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows([header, *(row + [""] * (len(header) - len(row)) for row in complete)])
+
+        write_atomically(path, migrate)
+        return
     if found != header:
         raise ValueError(
             f"{path} was written with other columns ({', '.join(found)}); to resume, run with the same classes, "
@@ -195,6 +211,8 @@ class SaliencyWriter:
         self._stems: set[str] = set()
         self._series: dict[str, str] = {}
         self._instances: dict[str, int] = defaultdict(int)
+        self._frame_stems: dict[str, str] = {}
+        self._amended: set[str] = set()
 
     def attach(self, engine: Engine) -> None:
         """Write headers when the run starts, rows after each iteration, a summary at the end."""
@@ -210,19 +228,26 @@ class SaliencyWriter:
     def errors_csv(self) -> Path:
         return self.output_dir / ERRORS_CSV
 
+    @property
+    def prediction_columns(self) -> list[str]:
+        return ["file", *self.class_names, "predicted", FRAME_KEY, "outputs"]
+
     def started(self, engine: Engine) -> None:
         """Create the output folder and both CSV files with their headers, or continue those of a previous run."""
         self._reset()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.output_dir.glob(f"{PART}*"):  # a file being written when a previous run was killed
             leftover.unlink()
-        headers = {self.predictions_csv: ["file", *self.class_names, "predicted"], self.errors_csv: ["file", "reason"]}
+        headers = {self.predictions_csv: self.prediction_columns, self.errors_csv: ERRORS_COLUMNS}
         if self.resume and all(path.is_file() for path in headers):
             for path, header in headers.items():
-                _continue_csv(path, header)
+                _continue_csv(path, header, header[: -len(NEW_COLUMNS[path.name])])
             with open(self.predictions_csv, newline="") as f:
-                for row in list(csv.reader(f))[1:]:
-                    self._unique_stem(row[0])  # the names those files' outputs got, as in one uninterrupted run
+                for row in list(csv.DictReader(f)):  # the names those files' outputs got, as in one run
+                    if not row[FRAME_KEY]:
+                        self._unique_stem(row["file"])
+                    elif row["file"] not in self._frame_stems:  # the frames of a file share its stem
+                        self._frame_stems[row["file"]] = self._unique_stem(row["file"])
             return
         for path, header in headers.items():
             with open(path, "w", newline="") as f:
@@ -238,15 +263,25 @@ class SaliencyWriter:
         predictions, errors = [], []
         for item, out in zip(batch, output):
             source = str(item.get(SOURCE_KEY) or getattr(item.get("image"), "meta", {}).get("filename_or_obj", "?"))
+            frame = int(item.get(FRAME_KEY, -1))
+            frame_column = str(frame) if frame >= 0 else ""
             if not bool(item.get(VALID_KEY, True)):
-                errors.append([source, str(item.get(ERROR_KEY) or "unreadable")])
+                errors.append([source, str(item.get(ERROR_KEY) or "unreadable"), frame_column])
                 continue
             try:
-                predictions.append(self.prediction_row(source, out["pred"]))
-                self.write_saliency(source, out[SALIENCY])
+                row = self.prediction_row(source, out["pred"])
             except Exception as e:  # one file's outputs must never end the run: report it and go on
-                logger.exception(f"{source}: writing outputs failed")
-                errors.append([source, f"writing outputs failed: {type(e).__name__}: {e}"])
+                logger.exception(f"{source}: no prediction")
+                errors.append([source, f"no prediction: {type(e).__name__}: {e}", frame_column])
+                continue
+            try:
+                self.write_saliency(source, out[SALIENCY], frame if frame >= 0 else None)
+                outputs = WRITTEN
+            except Exception as e:  # none of its image outputs exist (write_together); the row and errors.csv say so
+                logger.exception(f"{source}: writing outputs failed, none written")
+                outputs = f"none written: {type(e).__name__}: {e}"
+                errors.append([source, f"writing outputs failed, none written: {type(e).__name__}: {e}", frame_column])
+            predictions.append([*row, frame_column, outputs])
         with open(self.predictions_csv, "a", newline="") as f:
             csv.writer(f).writerows(predictions)
         with open(self.errors_csv, "a", newline="") as f:
@@ -255,7 +290,7 @@ class SaliencyWriter:
         self.n_errors += len(errors)
 
     def prediction_row(self, source: str, probabilities: Any) -> list[str]:
-        """``[file, p_1 ... p_C, predicted]`` for one item."""
+        """``[file, p_1 ... p_C, predicted]`` for one item (``__call__`` adds ``frame`` and ``outputs``)."""
         p = torch.as_tensor(probabilities).detach().float().cpu().reshape(-1).numpy()
         if p.shape[0] != len(self.class_names):
             raise ValueError(f"{p.shape[0]} outputs but {len(self.class_names)} class names")
@@ -265,24 +300,38 @@ class SaliencyWriter:
             predicted = ";".join(name for name, v in zip(self.class_names, p) if v >= self.threshold)
         return [source, *(f"{v:.6f}" for v in p), predicted]
 
-    def write_saliency(self, source: str, mask: Any) -> None:
-        """Overlay PNG, NIfTI map and, for DICOM, the Secondary Capture, all at the source's resolution."""
-        stem = self._unique_stem(source)
-        image, meta = self.reader.read_file(source)
+    def write_saliency(self, source: str, mask: Any, frame: int | None = None) -> None:
+        """Overlay PNG, NIfTI map and, for DICOM, the Secondary Capture, all at the source's resolution: all
+        written or none (``write_together``). ``frame``: of a multi-frame file read per frame (``<stem>_f003_*``)."""
+        if frame is None:
+            stem = self._unique_stem(source)
+        else:  # the frames of one file share its stem: made unique at its first frame
+            if source not in self._frame_stems:
+                self._frame_stems[source] = self._unique_stem(source)
+            stem = f"{self._frame_stems[source]}_f{frame:03d}"
+        reader = self.reader if frame is None else self.reader.with_frame(frame)
+        image, meta = reader.read_file(source)
         rows, cols = image.shape[:2]
         mask = torch.as_tensor(mask).detach().float().cpu()
         resize = Resize(spatial_size=(rows, cols), mode="bilinear", align_corners=False)
         full = np.clip(np.asarray(resize(mask))[0], 0.0, 1.0).astype(np.float32)
         overlay = blend_overlay(image, full, self.alpha)
-        write_atomically(self.output_dir / f"{stem}_overlay.png", lambda tmp: Image.fromarray(overlay).save(tmp))
-        affine = self._nifti_affine(source) if meta.get("format") == "nifti" else np.eye(4)
+        affine = self._nifti_affine(source, reader.frame) if meta.get("format") == "nifti" else np.eye(4)
         # readers give (rows, columns) = (y, x); NIfTI's first axis is x: transpose back
         nifti = nib.Nifti1Image(full.T, affine)
-        write_atomically(self.output_dir / f"{stem}_saliency.nii.gz", lambda tmp: nib.save(nifti, str(tmp)))
+        writes: list[tuple[Path, Any]] = [
+            (self.output_dir / f"{stem}_overlay.png", lambda tmp: Image.fromarray(overlay).save(tmp)),
+            (self.output_dir / f"{stem}_saliency.nii.gz", lambda tmp: nib.save(nifti, str(tmp))),
+        ]
+        dicom = self.write_dicom and meta.get("format") == "dicom"
+        if dicom:
+            capture = self.secondary_capture(source, overlay, frame)
+            writes.append(
+                (self.output_dir / f"{stem}_overlay.dcm", lambda tmp: capture.save_as(tmp, enforce_file_format=True))
+            )
+        write_together(writes)
         self.n_overlays += 1
-        if self.write_dicom and meta.get("format") == "dicom":
-            self.write_secondary_capture(source, overlay, self.output_dir / f"{stem}_overlay.dcm")
-            self.n_dicom += 1
+        self.n_dicom += int(dicom)
 
     def _unique_stem(self, source: str) -> str:
         stem = base = source_stem(source)
@@ -293,21 +342,35 @@ class SaliencyWriter:
         self._stems.add(stem)
         return stem
 
-    def _nifti_affine(self, source: str) -> np.ndarray:
+    def _nifti_affine(self, source: str, frame: int | None) -> np.ndarray:
         """The source's affine (header only), moved to the read slice of a volume."""
         img: Any = nib.load(source)  # a NIfTI image: affine and shape (nibabel's stubs say FileBasedImage)
         affine = np.array(img.affine, dtype=np.float64)
-        if self.frame is not None and len(img.shape) >= 3 and img.shape[2] > 1:
-            affine[:3, 3] = (img.affine @ np.array([0.0, 0.0, float(self.frame), 1.0]))[:3]
+        if frame is not None and len(img.shape) >= 3 and img.shape[2] > 1:
+            affine[:3, 3] = (img.affine @ np.array([0.0, 0.0, float(frame), 1.0]))[:3]
         return affine
 
-    def write_secondary_capture(self, source: str, overlay: np.ndarray, path: Path) -> None:
+    def write_secondary_capture(self, source: str, overlay: np.ndarray, path: Path, frame: int | None = None) -> None:
         """Write ``overlay`` (uint8 RGB) as a Secondary Capture in the source's study, next to its series."""
+        capture = self.secondary_capture(source, overlay, frame)
+        write_atomically(path, lambda tmp: capture.save_as(tmp, enforce_file_format=True))
+
+    def secondary_capture(self, source: str, overlay: np.ndarray, frame: int | None = None) -> Any:
+        """``overlay`` (uint8 RGB) as a Secondary Capture (a highdicom ``SCImage``) in the source's study, next to
+        its series. Header values of the source that do not conform to their VR are repaired or dropped
+        (``bundle.data.dicom_values.repair_dataset``), logged once per source file by tag, never by value."""
         import pydicom
         from highdicom.sc import SCImage
         from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-        ref = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+        ref = read_dicom(source, stop_before_pixels=True)
+        amendments = repair_dataset(ref)
+        if amendments and source not in self._amended:
+            self._amended.add(source)
+            logger.warning(
+                f"{source}: {len(amendments)} header value(s) of the source do not conform to their VR; for the "
+                f"Secondary Capture: {'; '.join(str(a) for a in amendments)}"
+            )
         if not ref.get("StudyInstanceUID"):
             raise ValueError("the DICOM source has no StudyInstanceUID, so no study to add the overlay to")
         # derived from the source's UIDs and the output folder: a resumed or repeated run into the same folder
@@ -318,7 +381,12 @@ class SaliencyWriter:
         )
         self._instances[series_uid] += 1
         instance_number = ref.get("InstanceNumber") or self._instances[series_uid]
-        sop_uid = generate_uid(entropy_srcs=[str(ref.get("SOPInstanceUID", source)), series_uid])
+        entropy = [str(ref.get("SOPInstanceUID", source)), series_uid]
+        if frame is not None:  # one capture per frame, numbered in frame order after the frames of earlier instances
+            frames = int(ref.get("NumberOfFrames") or 1)
+            instance_number = (int(instance_number) - 1) * frames + frame + 1
+            entropy.append(f"frame {frame}")
+        sop_uid = generate_uid(entropy_srcs=entropy)
         spacing = ref.get("PixelSpacing")
         pixel_spacing = tuple(float(v) for v in spacing) if spacing is not None and len(spacing) == 2 else None
         capture = SCImage.from_ref_dataset(
@@ -351,10 +419,12 @@ class SaliencyWriter:
             source_ref = pydicom.Dataset()
             source_ref.ReferencedSOPClassUID = ref.SOPClassUID
             source_ref.ReferencedSOPInstanceUID = ref.SOPInstanceUID
+            if frame is not None:
+                source_ref.ReferencedFrameNumber = frame + 1  # DICOM numbers frames from 1
             capture.SourceImageSequence = [source_ref]
         if self.deidentify:
             deidentify_capture(capture)
-        write_atomically(path, lambda tmp: capture.save_as(tmp, enforce_file_format=True))
+        return capture
 
     def completed(self, engine: Engine) -> None:
         """Log how many images were predicted and failed, and where each kind of output went."""
