@@ -20,7 +20,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from bundle.config_check import find_problems
 from bundle.data.dicom_values import repair_dataset
-from bundle.data.inference import expand_frames, finished_sources
+from bundle.data.inference import expand_frames, finished_sources, pending_items
 from bundle.data.readers import MedicalImageReader
 from bundle.handlers.writers import SaliencyWriter
 from tests.test_inference import CLASSES, ROOT, read_csv, reference_parser, run_inference
@@ -227,8 +227,17 @@ def test_multiframe_per_frame_one_row_per_frame_matching_the_network_on_each_fra
         assert capture.SourceImageSequence[0].ReferencedFrameNumber == i + 1
         assert capture.InstanceNumber == i + 1
     assert len({pydicom.dcmread(p).SOPInstanceUID for p in out.glob("multi_f*_overlay.dcm")}) == 3
-    # resuming knows frames apart: every frame is done
+    # resuming knows frames apart: every frame is done, and a run cut after frame 1 redoes frame 2 only
     assert {f"{setup['inputs'] / 'multi.dcm'}#frame={i}" for i in range(3)} <= finished_sources(out)
+    items = expand_frames([{"image": str(setup["inputs"] / "multi.dcm")}], "per_frame")
+    assert pending_items(items, out) == []
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    lines = (out / "predictions.csv").read_text().splitlines(keepends=True)
+    (cut / "predictions.csv").write_text(
+        "".join(line for line in lines if "multi.dcm" not in line or ",2,written" not in line)
+    )
+    assert pending_items(items, cut) == [{"image": str(setup["inputs"] / "multi.dcm"), "frame": 2}]
 
 
 def test_per_frame_listing_and_config_check(setup):
@@ -272,9 +281,14 @@ def test_a_failed_capture_leaves_none_of_the_files_outputs_and_the_others_whole(
         build = writer.secondary_capture
 
         def failing(source: str, *args, **kwargs):
-            if Path(source).name == "archive.dcm":
-                raise OSError("disk full")
-            return build(source, *args, **kwargs)
+            capture = build(source, *args, **kwargs)
+            if Path(source).name == "archive.dcm":  # fails while written, after the PNG and the map were
+
+                def save_as(*_: object, **__: object) -> None:
+                    raise OSError("disk full")
+
+                capture.save_as = save_as
+            return capture
 
         monkeypatch.setattr(writer, "secondary_capture", failing)
         reason = "OSError: disk full"

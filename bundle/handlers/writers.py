@@ -137,20 +137,25 @@ class SaliencyWriter:
     """Write ``predictions.csv``, ``errors.csv`` and, per image, a saliency overlay and map to ``output_dir``.
 
     * ``predictions.csv``: ``file``, one probability column per class, ``predicted`` (the arg-max class for
-      ``multiclass``; the ``;``-joined classes with probability >= ``threshold`` for ``multilabel``). ``pred`` must
-      already be probabilities (the config's ``Activationsd`` postprocessing).
+      ``multiclass``; the ``;``-joined classes with probability >= ``threshold`` for ``multilabel``), ``frame``
+      (of a file read per frame, else empty) and ``outputs`` (``written``, or ``none written: <reason>``). ``pred``
+      must already be probabilities (the config's ``Activationsd`` postprocessing).
     * ``<stem>_overlay.png``: the mask, upsampled bilinearly to the source's size, as a heatmap over the source
       image re-read with the bundle's reader; ``<stem>_saliency.nii.gz``: that float mask. NIfTI stores (x, y),
       the readers (rows, columns): the map is transposed back so that it lies on a NIfTI source's own voxel grid
       (whose affine it copies); for other sources the affine is the identity (pixel units). Stems that occur
       twice get ``_1``, ``_2`` ... in order.
     * ``<stem>_overlay.dcm`` for DICOM sources: the overlay as an RGB Secondary Capture (highdicom) in the source's
-      study, one new series per source series per run, patient module copied.
-    * ``errors.csv``: ``file,reason`` for items that failed to load (``valid`` False) and for items whose outputs
-      failed to write (their prediction row is kept). Always written, header only when nothing failed.
+      study, one new series per source series per run, patient module copied; header values of the source that do
+      not conform to their VR repaired or dropped (``bundle.data.dicom_values``), logged once per source file.
+      Frames read per frame are named ``<stem>_f003_*``.
+    * ``errors.csv``: ``file,reason,frame`` for items that failed to load (``valid`` False) and for items whose
+      outputs failed to write (their prediction row is kept and says so). Always written, header only when nothing
+      failed.
 
-    A killed run leaves no half-written file: each output is written under a hidden ``.part-`` name and renamed
-    into place, and a file's CSV row is appended only after its outputs. With ``resume`` a run started again on the
+    A file's outputs are written all or none, and a killed run leaves no half-written file: each output is written
+    under a hidden ``.part-`` name, all are renamed into place once all were written (``write_together``), and a
+    file's CSV row is appended only after its outputs. With ``resume`` a run started again on the
     same ``output_dir`` keeps the rows (and so the files) already there and appends the rest; the config feeds it
     only the files not yet listed (``bundle.data.inference.prepare_output_dir`` and ``pending_items``). DICOM
     captures get UIDs derived from the source's and the output folder, so a resumed or repeated run writes the same
