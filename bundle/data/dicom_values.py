@@ -123,7 +123,19 @@ def _problem(vr: str, value: Any) -> str:
 
 def repair_dataset(ds: Dataset) -> list[Amendment]:
     """Repair or drop, in place, every text value of ``ds`` (nested sequences included, group 0002 and pixel data
-    not) that does not conform to its VR; return what was changed, in tag order."""
+    not) that does not conform to its VR; return what was changed, in tag order.
+
+    pydicom's own warnings while converting the raw values are silenced here (its reading validation set to
+    ``IGNORE`` meanwhile): they quote the value, which may be patient data; the amendments say the same by tag."""
+    mode = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        return _repair_dataset(ds)
+    finally:
+        config.settings.reading_validation_mode = mode
+
+
+def _repair_dataset(ds: Dataset) -> list[Amendment]:
     amendments: list[Amendment] = []
     for tag in list(ds.keys()):
         if tag.group == 0x0002 or tag.group == 0x7FE0:
@@ -138,7 +150,7 @@ def repair_dataset(ds: Dataset) -> list[Amendment]:
         keyword, vr = element.keyword, element.VR
         if vr == "SQ":
             for item in element.value or []:
-                amendments.extend(repair_dataset(item))
+                amendments.extend(_repair_dataset(item))
             continue
         if vr not in TEXT_VRS or element.value is None:
             continue
