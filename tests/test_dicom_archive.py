@@ -311,3 +311,22 @@ def test_a_failed_capture_leaves_none_of_the_files_outputs_and_the_others_whole(
     errors = read_csv(out / "errors.csv")
     assert [Path(r["file"]).name for r in errors] == ["archive.dcm"]
     assert errors[0]["reason"].startswith("writing outputs failed, none written: ") and reason in errors[0]["reason"]
+
+
+def test_an_output_folder_of_an_earlier_version_resumes_with_the_new_columns(tmp_path):
+    """predictions.csv and errors.csv without the frame and outputs columns (bundle 0.8.x) get them, empty (not
+    known), and the run appends to them; a row a kill cut short is dropped as before."""
+    out = tmp_path / "out"
+    out.mkdir()
+    old = f"{tmp_path / 'a.png'},0.2,0.8,y\n"
+    (out / "predictions.csv").write_text("file,x,y,predicted\n" + old + f"{tmp_path / 'c.png'},0.5")
+    (out / "errors.csv").write_text(f"file,reason\n{tmp_path / 'b.png'},cannot decode image\n")
+    writer = SaliencyWriter(out, class_names=["x", "y"])
+    writer.started(SimpleNamespace(state=SimpleNamespace()))
+    assert read_csv(out / "predictions.csv") == [
+        {"file": str(tmp_path / "a.png"), "x": "0.2", "y": "0.8", "predicted": "y", "frame": "", "outputs": ""}
+    ]
+    assert read_csv(out / "errors.csv") == [
+        {"file": str(tmp_path / "b.png"), "reason": "cannot decode image", "frame": ""}
+    ]
+    assert finished_sources(out) == {str(tmp_path / "a.png"), str(tmp_path / "b.png")}
