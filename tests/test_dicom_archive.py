@@ -29,6 +29,7 @@ STUDY_UID = generate_uid()
 LONG_INSTITUTION = "Hospital of the Very Long Name That No Archive Should Have Stored Here"  # 70 > LO's 64
 BIRTH_DATE = "1965-13-45"  # no month 13: not repairable
 ROWS, COLS = 20, 24
+AFFINE = np.array([[0.8, 0, 0, 10.0], [0, 0.7, 0, -5.0], [0, 0, 2.5, 2.0], [0, 0, 0, 1]])
 
 
 def pixels(seed: int, frames: int = 1) -> np.ndarray:
@@ -93,6 +94,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     write_without_meta(pixels(2), inputs / "implicit", implicit=True)
     write_without_meta(pixels(2), inputs / "explicit", implicit=False)
     dicom(pixels(3, frames=3), frames=3).save_as(inputs / "multi.dcm", enforce_file_format=True)
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(4).random((COLS, ROWS, 2)).astype(np.float32), AFFINE),
+        inputs / "volume.nii.gz",
+    )
     datalist = work / "datalist.json"
     datalist.write_text(json.dumps({"name": "t", "task": "multiclass", "classes": CLASSES, "test": []}))
     parser = reference_parser(datalist)
@@ -196,7 +201,9 @@ def test_files_without_file_meta_predict_exactly_as_the_same_pixels_in_a_normal_
 def test_multiframe_refused_by_default(setup):
     out, _ = setup["refuse"]
     errors = by_name(read_csv(out / "errors.csv"))
-    assert list(errors) == ["multi.dcm"] and "multi-frame DICOM (3 frames)" in errors["multi.dcm"]["reason"]
+    assert sorted(errors) == ["multi.dcm", "volume.nii.gz"]
+    assert "multi-frame DICOM (3 frames)" in errors["multi.dcm"]["reason"]
+    assert "NIfTI volume with 2 slices" in errors["volume.nii.gz"]["reason"]
     assert "multi.dcm" not in by_name(read_csv(out / "predictions.csv"))
     assert not list(out.glob("multi*"))
 
@@ -206,7 +213,7 @@ def test_multiframe_per_frame_one_row_per_frame_matching_the_network_on_each_fra
     rows = read_csv(out / "predictions.csv")
     frames = [r for r in rows if Path(r["file"]).name == "multi.dcm"]
     assert [r["frame"] for r in frames] == ["0", "1", "2"] and {r["outputs"] for r in frames} == {"written"}
-    assert {r["frame"] for r in rows if Path(r["file"]).name != "multi.dcm"} == {""}
+    assert {r["frame"] for r in rows if Path(r["file"]).name not in ("multi.dcm", "volume.nii.gz")} == {""}
     assert read_csv(out / "errors.csv") == []
     # oracle: each frame saved as a single-frame file of its own, preprocessed and run through the network here
     stack = pixels(3, frames=3)
@@ -230,6 +237,13 @@ def test_multiframe_per_frame_one_row_per_frame_matching_the_network_on_each_fra
     assert len({pydicom.dcmread(p).SOPInstanceUID for p in out.glob("multi_f*_overlay.dcm")}) == 3
     # resuming knows frames apart: every frame is done, and a run cut after frame 1 redoes frame 2 only
     assert {f"{setup['inputs'] / 'multi.dcm'}#frame={i}" for i in range(3)} <= finished_sources(out)
+    # a NIfTI volume slice by slice, each map on its slice of the volume's grid
+    slices = [r for r in rows if Path(r["file"]).name == "volume.nii.gz"]
+    assert [(r["frame"], r["outputs"]) for r in slices] == [("0", "written"), ("1", "written")]
+    for k in (0, 1):
+        saved = nib.load(str(out / f"volume_f{k:03d}_saliency.nii.gz"))
+        assert saved.shape == (COLS, ROWS)
+        np.testing.assert_allclose(saved.affine[:3, 3], (AFFINE @ [0, 0, k, 1])[:3])
     items = expand_frames([{"image": str(setup["inputs"] / "multi.dcm")}], "per_frame")
     assert pending_items(items, out) == []
     cut = tmp_path / "cut"
