@@ -284,8 +284,9 @@ class SaliencyWriter:
                 outputs = WRITTEN
             except Exception as e:  # none of its image outputs exist (write_together); the row and errors.csv say so
                 logger.exception(f"{source}: writing outputs failed, none written")
-                outputs = f"none written: {type(e).__name__}: {e}"
-                errors.append([source, f"writing outputs failed, none written: {type(e).__name__}: {e}", frame_column])
+                reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line: resuming reads the CSV by lines
+                outputs = f"none written: {reason}"
+                errors.append([source, f"writing outputs failed, none written: {reason}", frame_column])
             predictions.append([*row, frame_column, outputs])
         with open(self.predictions_csv, "a", newline="") as f:
             csv.writer(f).writerows(predictions)
