@@ -64,4 +64,3 @@ class MedTexApp(MONAILabelApp):
 
     def init_strategies(self) -> dict[str, Any]:
         return {}  # nothing is trained here: no active-learning strategy to offer
-
