@@ -23,7 +23,7 @@ APP_DIR = Path(__file__).resolve().parent
 DEFAULT_BUNDLE = APP_DIR.parents[1]
 MODEL_NAME = "medtex"
 # monailabel's default datastore extensions lack DICOM files with a suffix and the other image formats the bundle reads
-EXTRA_EXTENSIONS = ["*.dcm", "*.jpeg", "*.tiff", "*.bmp"]
+EXTRA_EXTENSIONS = ["*.dcm", "*.jpeg", "*.tiff"]
 
 
 class MedTexApp(MONAILabelApp):
