@@ -83,10 +83,13 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     parser = oracle_parser(datalist)
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def").eval()
-    with torch.no_grad():  # a mask spanning (0, 1) and scores that differ per class
+    with torch.no_grad():  # a mask spanning (0, 1)
         network.explainer.body.final_conv.bias.zero_()
         network.explainer.body.final_conv.weight.mul_(20.0)
-        network.student.class_layers.out.bias.copy_(torch.tensor([-1.0, 0.3, 1.2, -0.4]))
+        # freshly initialised, this tiny student's last transition is all ReLU-zero on masked inputs: every
+        # score is 0.5 whatever the image; perturbed, its scores depend on the image and differ per class
+        for parameter in network.student.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
     model = work / "model.pt"
     torch.save(network.state_dict(), model)
     dicom_in, png_in = work / "dicom_in", work / "png_in"
@@ -126,6 +129,7 @@ def expected(deployed: dict, file: Path) -> tuple[list[str], np.ndarray]:
 def test_deploy_dicom_writes_text_sr_with_the_bundles_scores(deployed):
     scores, _ = expected(deployed, deployed["source"])
     assert len(set(scores)) > 1  # the scores tell the classes apart, so a swapped order would show
+    assert scores != expected(deployed, deployed["png"])[0]  # and depend on the image
     source = pydicom.dcmread(deployed["source"])
     reports = [pydicom.dcmread(f) for f in deployed["out_dicom"].glob("*.dcm")]
     reports = [ds for ds in reports if ds.Modality == "SR"]
