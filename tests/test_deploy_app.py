@@ -170,3 +170,30 @@ def test_deploy_png_folder_writes_overlay_png_and_json_with_the_bundles_scores(d
     assert png.shape == (40, 56, 3)
     assert np.abs(png.astype(int) - overlay.astype(int)).max() <= 1
     assert not list(deployed["out_png"].glob("*.dcm"))  # no DICOM objects for a non-DICOM input
+
+
+def test_deploy_matches_monai_bundle_run_inference_on_the_same_file(deployed, tmp_path):
+    """The bundle's own inference (configs/inference.yaml through ``monai.bundle run``) on the DICOM input: the
+    same scores to the last written digit and the same overlay pixels, in the PNG and in the Secondary Capture."""
+    out = tmp_path / "bundle_out"
+    args = ["--input_dir", str(deployed["source"].parent), "--output_dir", str(out)]
+    args += ["--ckpt_dir", str(deployed["model"].parent), "--ckpt_name", deployed["model"].name]
+    args += ["--datalist", str(deployed["parser"]["datalist"]), "--num_workers", "0", "--device", "cpu"]
+    args += ["--amp", "False"]
+    for key, value in SMALL.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    config = "['" + "','".join(CONFIGS) + "']"
+    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", config, *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, row = (out / "predictions.csv").read_text().splitlines()
+    assert header.split(",")[1:-1] == CLASSES
+    deployed_row = json.loads((deployed["out_dicom"] / "predictions.json").read_text())[0]
+    assert list(deployed_row["scores"].values()) == row.split(",")[1:-1]
+    assert deployed_row["predicted"] == row.split(",")[-1]
+    png = "IM0001_overlay.png"
+    assert np.array_equal(np.asarray(Image.open(out / png)), np.asarray(Image.open(deployed["out_dicom"] / png)))
+    ours, theirs = (pydicom.dcmread(folder / "IM0001_overlay.dcm") for folder in (deployed["out_dicom"], out))
+    assert np.array_equal(ours.pixel_array, theirs.pixel_array)
+    assert ours.StudyInstanceUID == theirs.StudyInstanceUID
