@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the serving apps' extras into the CURRENT Python environment (the one `python` runs), beside the bundle's
 # requirements: MONAI Label (apps/monailabel/) and the MONAI Deploy App SDK. Nothing of the bundle's stack (torch,
-# monai, numpy, pydicom ...) changes; docs/README.md, "Serving with MONAI Label", says why each step is as it is.
+# monai, numpy, pydicom ...) changes; docs/SERVING.md, says why each step is as it is.
 #   bash apps/install_extras.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 """MONAI Label app serving the MED-TEX bundle: one classification model, ``medtex``, with a saliency mask.
 
-Started by start.py (which applies the pydicom workaround first); docs/README.md, "Serving with MONAI Label".
+Started by start.py (which applies the pydicom workaround first); docs/SERVING.md, "MONAI Label".
 ``--conf bundle_path`` names the bundle folder (default: the repository this app lives in); the infer task's own
 ``--conf`` keys are listed in lib/infers/medtex.py. The studies folder is a local datastore of images, DICOM files
 (``.dcm``) included; POSTed files are read the same way, by the bundle's reader.

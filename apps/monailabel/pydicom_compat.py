@@ -1,4 +1,4 @@
-"""The one workaround monailabel 0.8.5 needs to start beside pydicom 3 (docs/README.md, "Serving with MONAI Label").
+"""The one workaround monailabel 0.8.5 needs to start beside pydicom 3 (docs/SERVING.md, "MONAI Label").
 
 monailabel's DICOM datastore imports ``pydicom_seg`` 0.4.1, which imports ``pydicom._storage_sopclass_uids``, a
 private module of pydicom 2 that pydicom 3 folded into ``pydicom.uid`` (same names). Aliasing it before
