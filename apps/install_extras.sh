@@ -14,3 +14,12 @@ PYTHON="${PYTHON:-python}"
 "$PYTHON" -c "import monailabel; print('monailabel', monailabel.__version__)"
 
 # --- MONAI Deploy ---
+# the MONAI Deploy App SDK 4.0.0 with exact pins, --no-deps: the SDK requires tritonclient[all], which would downgrade
+# the protobuf and ml-dtypes that tensorboard, onnx and mlflow use (apps/deploy/requirements-deploy.txt says more)
+"$PYTHON" -m pip install -q --no-deps -r apps/deploy/requirements-deploy.txt
+if "$PYTHON" -c 'import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)'; then
+  # in a venv: holoscan's .pth hook imports filelock before the system site-packages are on sys.path
+  "$PYTHON" -m pip install -q --no-deps --ignore-installed "filelock==$("$PYTHON" -c 'import filelock; print(filelock.__version__)')"
+fi
+"$PYTHON" apps/deploy/app.py --help >/dev/null  # the SDK's imports (monai.deploy, holoscan) resolve
+echo "MONAI Deploy App SDK: $("$PYTHON" -m pip show monai-deploy-app-sdk 2>/dev/null | sed -n 's/^Version: //p')"

@@ -8,6 +8,7 @@ from that mask with the bundle's ``blend_overlay`` on the image its reader reads
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -187,11 +188,13 @@ def test_deploy_matches_monai_bundle_run_inference_on_the_same_file(deployed, tm
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    header, row = (out / "predictions.csv").read_text().splitlines()
-    assert header.split(",")[1:-1] == CLASSES
+    with open(out / "predictions.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        (row,) = list(reader)
+    assert reader.fieldnames == ["file", *CLASSES, "predicted", "frame", "outputs"] and row["outputs"] == "written"
     deployed_row = json.loads((deployed["out_dicom"] / "predictions.json").read_text())[0]
-    assert list(deployed_row["scores"].values()) == row.split(",")[1:-1]
-    assert deployed_row["predicted"] == row.split(",")[-1]
+    assert list(deployed_row["scores"].values()) == [row[name] for name in CLASSES]
+    assert deployed_row["predicted"] == row["predicted"]
     png = "IM0001_overlay.png"
     assert np.array_equal(np.asarray(Image.open(out / png)), np.asarray(Image.open(deployed["out_dicom"] / png)))
     ours, theirs = (pydicom.dcmread(folder / "IM0001_overlay.dcm") for folder in (deployed["out_dicom"], out))
