@@ -6,7 +6,7 @@ Serves the default explainer + student (random weights: the time does not depend
 FastAPI's TestClient on ``monailabel.app``, as tests/test_monailabel_app.py does (no port, no network stack), and
 times one client's requests one after another: an uploaded fundus PNG and chest X-ray DICOM (``output=json``: the
 scores; ``output=image``: the mask PNG) and the same DICOM from the studies folder. Writes ``serving_cpu.json`` (every
-request's seconds, the machine) and ``serving_cpu.md`` (the table docs/RESULTS.md, "Serving with MONAI Label",
+request's seconds, the machine) and ``serving_cpu.md`` (the table docs/PERFORMANCE.md, "Serving with MONAI Label",
 copies). Needs the MONAI Label extras (``bash apps/install_extras.sh``).
 """
 
@@ -139,7 +139,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "out" / "serving", help="(out/serving; docs/results for the docs)"
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--source-size", type=int, default=512)
     parser.add_argument("--requests", type=int, default=50)

@@ -9,6 +9,8 @@ import re
 import tokenize
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "README.md"
 SECTIONS = [
@@ -231,11 +233,12 @@ def test_the_figure_detector_finds_what_it_should(tmp_path: Path):
     assert sorted({int(h.split(":")[1]) for h in hits}) == [1, 2, 3, 4], hits
 
 
-def test_tables_copied_from_generated_results_match_them():
-    """A table in RESULTS.md marked ``<!-- from results/X.md -->`` is that file's table, row for row."""
-    lines = (ROOT / "docs" / "RESULTS.md").read_text().splitlines()
+@pytest.mark.parametrize("doc, at_least", [("RESULTS.md", 6), ("PERFORMANCE.md", 1)])
+def test_tables_copied_from_generated_results_match_them(doc, at_least):
+    """A table marked ``<!-- from results/X.md -->`` in RESULTS.md or PERFORMANCE.md is that file's table."""
+    lines = (ROOT / "docs" / doc).read_text().splitlines()
     marked = [(i, m.group(1)) for i, line in enumerate(lines) if (m := re.match(r"<!-- from (results/\S+) -->", line))]
-    assert len(marked) >= 6
+    assert len(marked) >= at_least
     for i, source in marked:
         table = []
         for line in lines[i + 1 :]:
@@ -243,7 +246,7 @@ def test_tables_copied_from_generated_results_match_them():
                 break
             table.append(line)
         generated = (ROOT / "docs" / source).read_text()
-        assert table and "\n".join(table) in generated, f"RESULTS.md:{i + 1}: table differs from {source}"
+        assert table and "\n".join(table) in generated, f"{doc}:{i + 1}: table differs from {source}"
 
 
 def test_named_sections_of_results_and_decisions_exist():
