@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_CSV = "predictions.csv"
 ERRORS_CSV = "errors.csv"
 ERRORS_COLUMNS = ["file", "reason", FRAME_KEY]
-# columns added after 0.8.2, at the end: a folder written before them resumes (``_continue_csv``)
+# columns added in 0.9.0, at the end: a folder written before them resumes (``_continue_csv``)
 NEW_COLUMNS = {PREDICTIONS_CSV: [FRAME_KEY, "outputs"], ERRORS_CSV: [FRAME_KEY]}
 TASKS = ("multiclass", "multilabel")
 WRITTEN = "written"  # predictions.csv's outputs column when every output of the row's image was written
