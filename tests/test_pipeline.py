@@ -125,7 +125,8 @@ def test_train_evaluate_infer(tmp_path, task, override, n_classes):
     assert [Path(r["file"]).name for r in errors] == ["broken.png"] and errors[0]["reason"]
 
     # the written probabilities are those of the trained network called directly on training's preprocessing
-    class_names = [k for k in rows[0] if k not in ("file", "predicted")]
+    class_names = [k for k in rows[0] if k not in ("file", "predicted", "frame", "outputs")]
+    assert all(row["outputs"] == "written" and row["frame"] == "" for row in rows)
     assert len(class_names) == n_classes
     overrides = {"dataset_dir": str(data), "image_size": 32, "preflight": False}
     expected = predictions_of(
