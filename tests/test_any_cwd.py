@@ -126,3 +126,10 @@ def test_demo_data_and_its_check_from_another_folder(tmp_path):
     args = ["--task", "fundus", "--out", str(out), "--n-train", "20", "--n-val", "10", "--n-test", "2"]
     run_elsewhere(tmp_path, str(ROOT / "scripts" / "make_demo_data.py"), *args, "--size", "32", "--seed", "0")
     run_elsewhere(tmp_path, str(ROOT / "scripts" / "validate_datalist.py"), str(out / "datalist.json"))
+
+
+def test_export_onnx_finds_the_bundle_configs_from_another_folder(tmp_path, model_ckpt):
+    """Its default configs and metadata are the bundle's files, not the working directory's."""
+    args = ["--ckpt-file", str(model_ckpt), "--filepath", str(tmp_path / "model.onnx"), "--image-size", "32"]
+    run_elsewhere(tmp_path, str(ROOT / "scripts" / "export_onnx.py"), *args, "--exporter", "torchscript")
+    assert (tmp_path / "model.onnx").stat().st_size > 0
