@@ -45,13 +45,18 @@ EXPLAINING_NETWORK = "bundle.networks.ExplainingMedTex"
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt-file", default="models/model.pt", help="explainer + student weights (state dict)")
-    parser.add_argument("--key-in-ckpt", default="", help="key of the weights in a checkpoint dict, e.g. model")
-    parser.add_argument("--filepath", default="models/model.onnx", help="ONNX file to write")
     parser.add_argument(
-        "--config-file", nargs="+", default=["configs/inference.yaml"], help="bundle configs, merged in order"
+        "--ckpt-file", default=str(ROOT / "models" / "model.pt"), help="explainer + student weights (state dict)"
     )
-    parser.add_argument("--meta-file", default="configs/metadata.json")
+    parser.add_argument("--key-in-ckpt", default="", help="key of the weights in a checkpoint dict, e.g. model")
+    parser.add_argument("--filepath", default=str(ROOT / "models" / "model.onnx"), help="ONNX file to write")
+    parser.add_argument(
+        "--config-file",
+        nargs="+",
+        default=[str(ROOT / "configs" / "inference.yaml")],
+        help="bundle configs, merged in order",
+    )
+    parser.add_argument("--meta-file", default=str(ROOT / "configs" / "metadata.json"))
     parser.add_argument("--image-size", type=int, help="input height and width (default: the configs' image_size)")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
@@ -70,8 +75,8 @@ def input_shape(config_files: Sequence[str], image_size: int | None = None) -> l
 def export(
     ckpt_file: str,
     filepath: str,
-    config_files: Sequence[str] = ("configs/inference.yaml",),
-    meta_file: str | None = "configs/metadata.json",
+    config_files: Sequence[str] = (str(ROOT / "configs" / "inference.yaml"),),
+    meta_file: str | None = str(ROOT / "configs" / "metadata.json"),
     image_size: int | None = None,
     exporter: str = "dynamo",
     verify: bool = True,

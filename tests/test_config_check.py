@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["configs/train.yaml"]
 EVALUATE = ["configs/train.yaml", "configs/evaluate.yaml"]
 BUNDLE_MAIN = "/usr/lib/python3/site-packages/monai/bundle/__main__.py"  # sys.argv[0] under python -m monai.bundle
-CHECK_STEP = "$check_cli_overrides(@config_check)"
+CHECK_STEP = "$@bundle_fns#check_cli_overrides(@config_check)"
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +186,7 @@ def test_only_the_bundle_cli_is_checked():
 def test_every_workflow_checks_first(configs):
     config = ConfigParser.load_config_files([f"configs/{c}" for c in configs])
     assert config["initialize"][0] == CHECK_STEP and config["config_check"] == "error"
-    assert "$from bundle.config_check import check_cli_overrides" in config["imports"]
+    assert config["bundle_fns"]["check_cli_overrides"]["_target_"] == "bundle.config_check.check_cli_overrides"
     for multi in ("multi_gpu_train.yaml", "multi_gpu_evaluate.yaml"):  # after the process group is set up
         assert ConfigParser.load_config_file(f"configs/{multi}")["initialize"][2] == CHECK_STEP
 
