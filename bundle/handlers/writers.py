@@ -56,6 +56,13 @@ def jet(values: np.ndarray) -> np.ndarray:
     return np.clip(1.5 - np.abs(v - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
 
 
+def saliency_at_source(mask: Any, rows: int, cols: int) -> np.ndarray:
+    """The explainer's ``(1, h, w)`` mask at the source's ``(rows, cols)``, bilinear, in [0, 1], float32: the map every
+    writer and the serving apps return."""
+    resize = Resize(spatial_size=(rows, cols), mode="bilinear", align_corners=False)
+    return np.clip(np.asarray(resize(torch.as_tensor(mask).detach().float().cpu()))[0], 0.0, 1.0).astype(np.float32)
+
+
 def blend_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
     """Alpha-blend ``jet(mask)`` over ``image`` ((H, W) or (H, W, 3) in [0, 1]); uint8 RGB (H, W, 3).
 
@@ -318,9 +325,7 @@ class SaliencyWriter:
         reader = self.reader if frame is None else self.reader.with_frame(frame)
         image, meta = reader.read_file(source)
         rows, cols = image.shape[:2]
-        mask = torch.as_tensor(mask).detach().float().cpu()
-        resize = Resize(spatial_size=(rows, cols), mode="bilinear", align_corners=False)
-        full = np.clip(np.asarray(resize(mask))[0], 0.0, 1.0).astype(np.float32)
+        full = saliency_at_source(mask, rows, cols)
         overlay = blend_overlay(image, full, self.alpha)
         affine = self._nifti_affine(source, reader.frame) if meta.get("format") == "nifti" else np.eye(4)
         # readers give (rows, columns) = (y, x); NIfTI's first axis is x: transpose back

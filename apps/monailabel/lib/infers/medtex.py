@@ -5,8 +5,8 @@ the PyPI torchvision build does not load beside the CPU torch build. Everything 
 bundle's own configs/inference.yaml, parsed with ``bundle_root`` set to the bundle: ``network_def`` (with its
 memory format), ``preprocessing`` (the bundle's reader, so DICOM, PNG, NIfTI ... read exactly as in batch
 inference), ``inferer`` and ``postprocessing`` (softmax for multi-class, sigmoid per finding for multi-label). The
-mask is resized to the source image's size as bundle/handlers/writers.py's ``SaliencyWriter`` resizes it for the
-NIfTI map, and returned as an 8-bit PNG (0-255 for 0-1).
+mask is resized to the source image's size by the function bundle/handlers/writers.py's ``SaliencyWriter`` uses
+for the NIfTI map, and returned as an 8-bit PNG (0-255 for 0-1).
 """
 
 from __future__ import annotations
@@ -23,19 +23,13 @@ import torch
 from fastapi import HTTPException
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import Resize
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from PIL import Image
 
+from bundle.handlers.writers import saliency_at_source
+
 logger = logging.getLogger(__name__)
-
-
-def saliency_at_source(mask: Any, rows: int, cols: int) -> np.ndarray:
-    """The ``(1, h, w)`` mask at ``(rows, cols)`` in [0, 1], float32: the resize of the bundle's NIfTI map."""
-    mask = torch.as_tensor(mask).detach().float().cpu()
-    resize = Resize(spatial_size=(rows, cols), mode="bilinear", align_corners=False)
-    return np.clip(np.asarray(resize(mask))[0], 0.0, 1.0).astype(np.float32)
 
 
 def class_names_of(bundle_root: Path, num_classes: int, config_names: Sequence[str], labels: str = "") -> list[str]:
