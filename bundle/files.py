@@ -29,21 +29,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> N
     tmp = path.with_name(PART + path.name)
     try:
         write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if hasattr(os, "O_DIRECTORY"):  # Windows: folders cannot be opened for fsync
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    _fsync_folder(path.parent)
 
 
 def write_together(writes: Sequence[tuple[str | os.PathLike, Callable[[Path], Any]]]) -> None:
@@ -58,11 +49,7 @@ def write_together(writes: Sequence[tuple[str | os.PathLike, Callable[[Path], An
     try:
         for (_, write), tmp in zip(pairs, temporaries):
             write(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(tmp)
         for (path, _), tmp in zip(pairs, temporaries):
             os.replace(tmp, path)  # can still fail, e.g. where a folder has the target's name
     except BaseException:
@@ -72,9 +59,19 @@ def write_together(writes: Sequence[tuple[str | os.PathLike, Callable[[Path], An
                 path.unlink()
         raise
     for folder in sorted({path.parent for path, _ in pairs}):
-        if hasattr(os, "O_DIRECTORY"):  # Windows: folders cannot be opened for fsync
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _fsync_folder(folder)
+
+
+def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
+    """Flush ``path`` (a file, or a folder with ``O_DIRECTORY``) to the disk."""
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries, so that a rename in it survives a power cut (not on Windows: no folder fsync)."""
+    if hasattr(os, "O_DIRECTORY"):
+        _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
