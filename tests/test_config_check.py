@@ -82,7 +82,7 @@ def test_a_new_key_of_a_component_must_be_an_argument_of_its_target():
         "student#x": 1,
         "student#dropout_prob": 0.1,  # a real argument the config does not set
         "student#_disabled_": True,  # MONAI's own "_name_" keys
-        "train#dataset#copy_cache": False,  # CacheDataset: a real argument
+        "train#dataloader#pin_memory": False,  # DataLoader: a real argument
         "optimizer#foreach": False,  # torch.optim.AdamW, by its dotted path
     }
     assert find_problems(TRAIN, overrides) == [

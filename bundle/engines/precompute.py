@@ -61,13 +61,15 @@ def teacher_output_transforms(
     device: str | torch.device,
     augmentation: Sequence[Any],
     cache_rate: float,
+    cache: str = "memory",
 ) -> list[TeacherOutputsd]:
     """``[TeacherOutputsd]`` for the training chain when ``precompute`` is on, else ``[]``.
 
     Raises:
         ValueError: the cached outputs would be wrong (random augmentation changes the image every epoch) or would
             not be cached (``cache_rate`` below 1 recomputes them per item and epoch, slower than the trainer's
-            batched pass), or no teacher is used.
+            batched pass; a disk cache would run the teacher in the loader's worker processes), or no teacher is
+            used.
     """
     if not precompute:
         return []
@@ -81,6 +83,11 @@ def teacher_output_transforms(
         raise ValueError(
             f"precompute_teacher needs cache_rate: 1.0 (got {cache_rate}): the teacher outputs are kept in the cache; "
             "uncached items would run the teacher one image at a time in every epoch"
+        )
+    if cache != "memory":
+        raise ValueError(
+            f"precompute_teacher needs cache: memory (got {cache!r}): the teacher computes while the cache is filled, "
+            "in this process; a disk cache fills in the loader's worker processes"
         )
     if teacher is None:
         raise ValueError("precompute_teacher: this run uses no teacher (KD and VID weights are 0)")

@@ -16,7 +16,11 @@ import psutil
 def tree_memory_mib(process: psutil.Process) -> dict[str, float]:
     """PSS and RSS (MiB) summed over ``process`` and its living descendants (RSS where PSS is not available)."""
     pss = rss = 0.0
-    for member in [process, *process.children(recursive=True)]:
+    try:
+        members = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:  # the process ended
+        return {"pss_mib": 0.0, "rss_mib": 0.0}
+    for member in members:
         try:
             info = member.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
