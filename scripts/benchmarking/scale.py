@@ -87,9 +87,12 @@ def write_dicom_set(folder: Path, n: int, side: int, seed: int = 0) -> Path:
 def child_main(args: list[str]) -> None:
     """In the run's own process: build the training data set and loader from train.yaml and time them."""
     spec = json.loads(args[0])
+    import logging
+
     import torch
     from monai.bundle import ConfigParser
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     torch.set_num_threads(1)  # the loader's work is what is measured; the workers use one thread each anyway
     parser = ConfigParser()
     parser.read_config([str(ROOT / f) for f in spec["configs"]])
@@ -103,7 +106,16 @@ def child_main(args: list[str]) -> None:
         start = time.perf_counter()
         images = sum(int(batch["image"].shape[0]) for batch in loader)
         epochs.append(time.perf_counter() - start)
-    result = {"mode": type(dataset).__name__, "build_s": build_s, "epoch_s": epochs, "images_per_epoch": images}
+    from bundle.data.caching import estimate_item_bytes
+
+    item_bytes = estimate_item_bytes(dataset.data, dataset.transform)
+    result = {
+        "mode": type(dataset).__name__,
+        "build_s": build_s,
+        "epoch_s": epochs,
+        "images_per_epoch": images,
+        "item_bytes": item_bytes,
+    }
     print(CHILD_MARK + json.dumps(result), flush=True)
 
 
