@@ -44,7 +44,7 @@ PUBLIC_SETS = (
     ("EyePACS (train + test)", 88702, 3),
     ("APTOS 2019, train", 3662, 3),
 )
-SERVER_BUDGET_GB = 64  # half of a 128 GB training server's memory
+SERVER_BUDGET_GB = 64  # half the memory of a large training server
 CHOSEN = {"Dataset": "none", "CacheDataset": "memory", "ContentKeyedPersistentDataset": "disk"}
 
 
