@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -72,14 +73,16 @@ def two_nodes(work: Path, tag: str, node_ranks: dict[str, int], overrides: dict[
             command += [f"--{key}", str(value)]
         # output to files, not pipes: a full pipe read after the other process's would stall both at a collective
         with open(work / f"{tag}_{name}.out", "w") as out:
-            processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            processes[name] = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
     try:
         for process in processes.values():
-            process.wait(timeout=300)
+            process.wait(timeout=180)  # ranks stuck at mismatched collectives never finish
     finally:
         for process in processes.values():
             if process.poll() is None:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)  # torchrun and the worker it started
     for name, process in processes.items():
         output = (work / f"{tag}_{name}.out").read_text()
         assert process.returncode == 0, f"process {name} (node {node_ranks[name]}):\n{output[-6000:]}"
