@@ -1,4 +1,17 @@
-from bundle.handlers.checkpoint import AtomicCheckpointSaver, ResumableCheckpoint, atomic_save, latest_checkpoint
+from bundle.handlers.checkpoint import (
+    AtomicCheckpointSaver,
+    ResumableCheckpoint,
+    agreed_checkpoint,
+    atomic_save,
+    latest_checkpoint,
+)
 from bundle.handlers.progress import LossProgressBar
 
-__all__ = ["AtomicCheckpointSaver", "LossProgressBar", "ResumableCheckpoint", "atomic_save", "latest_checkpoint"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "LossProgressBar",
+    "ResumableCheckpoint",
+    "agreed_checkpoint",
+    "atomic_save",
+    "latest_checkpoint",
+]

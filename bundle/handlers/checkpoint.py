@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from ignite import distributed as idist
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from bundle.files import write_atomically
@@ -25,6 +27,43 @@ def latest_checkpoint(directory: str | Path, prefix: str = "train") -> Path | No
         if match:
             found.append((int(match.group(1)), path.stat().st_mtime, path))
     return max(found)[2] if found else None
+
+
+def agreed_checkpoint(directory: str | Path, prefix: str = "train") -> Path | None:
+    """``latest_checkpoint``, the same in every process of a distributed run: rank 0's choice, which every rank must
+    be able to read.
+
+    Each process looks in its own ``directory``; on several machines that is the same folder only if it is on a shared
+    filesystem. A node that looked on its local disk would otherwise start from scratch (or from a stale file) while
+    rank 0 resumes, and the ranks would train different models. So rank 0's file is sent to all; if any rank cannot
+    read it, or rank 0 found none where another rank found one, every rank raises (together, so that none waits at
+    the next collective for a rank that stopped). Outside a process group it is ``latest_checkpoint``.
+    """
+    found = latest_checkpoint(directory, prefix)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return found
+    # Ignite's first rank query creates a process group, a collective every rank must enter; on rank 0 the best-weights
+    # saver (disabled on the other ranks) may have made it already. Made here on every rank first, it cannot be
+    # paired with this function's collectives (which would hang both ranks).
+    idist.get_rank()
+    choice: list[str | None] = [str(found) if found is not None else None]
+    dist.broadcast_object_list(choice, src=0)
+    chosen = choice[0]
+    seen: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, (str(found) if found is not None else None, chosen is None or Path(chosen).is_file()))
+    problems = [
+        f"rank {rank} " + (f"cannot read {chosen}" if not readable else f"found {own} where rank 0 found none")
+        for rank, (own, readable) in enumerate(seen)
+        if not readable or (chosen is None and own is not None)
+    ]
+    if problems:
+        raise RuntimeError(
+            f"the processes do not see the same checkpoints in {directory} ({'; '.join(problems)}): on several "
+            "machines output_dir must be one folder on a shared filesystem (docs/SCALING.md)"
+        )
+    if chosen is not None and found is not None and Path(chosen) != found:
+        logger.warning(f"rank 0 resumes from {chosen}, this process saw {found} as the newest: using rank 0's")
+    return Path(chosen) if chosen is not None else None
 
 
 def atomic_save(checkpoint: Mapping, path: str | Path, save: Callable = torch.save, **kwargs: Any) -> None:
@@ -62,7 +101,8 @@ class ResumableCheckpoint:
     It wraps MONAI's ``CheckpointSaver`` and ``CheckpointLoader``. Both need the trainer in their dict, but a
     config cannot hand the trainer to one of the trainer's own handlers (a circular reference), so the trainer
     joins the dict here, when the handler is attached; and the file to resume from is looked up then too, since
-    it is whatever the killed run left behind.
+    it is whatever the killed run left behind. In a distributed run every process resumes from rank 0's file
+    (``agreed_checkpoint``); only rank 0 writes (Ignite's ``DiskSaver``).
     """
 
     def __init__(
@@ -87,7 +127,7 @@ class ResumableCheckpoint:
     def attach(self, engine: Any) -> None:
         state = {**self.objects, "trainer": engine}
         if self.resume:
-            self.resumed_from = latest_checkpoint(self.directory, self.prefix)
+            self.resumed_from = agreed_checkpoint(self.directory, self.prefix)
         if self.resumed_from is not None:
             logger.info(f"resuming from {self.resumed_from}")
             CheckpointLoader(load_path=str(self.resumed_from), load_dict=state, map_location=self.map_location).attach(
