@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -79,7 +80,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['n_images']} random PNG images of {result['image_size']} px, default explainer + student at "
         f"{result['image_size']} px (random weights), batch {result['batch_size']}, {result['num_workers']} "
         "DataLoader workers, every output written (predictions, overlay PNG, NIfTI map). Memory: PSS summed over "
-        "the inference process and its workers, sampled while it ran.",
+        f"the inference process and its workers, sampled every {result.get('sample_seconds', 0.25)} s while it ran. "
+        f"Load average (1, 5, 15 min) before the run: {result.get('load_average_before', 'not recorded')}.",
         "",
         "| figure | value |",
         "|---|---:|",
@@ -126,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in ("--json", "--md", "--workdir"):  # committed results name no folder of the machine that made them
         if flag in given and given.index(flag) + 1 < len(given):
             given[given.index(flag) + 1] = portable_path(given[given.index(flag) + 1])
+    load_before = [round(v, 2) for v in os.getloadavg()]  # other work on the machine slows the run
     with tempfile.TemporaryDirectory(prefix="medtex-inference-scale-") as tmp:
         workdir = args.workdir or Path(tmp)
         measured = measure_streaming_inference(
@@ -136,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command_line(["python", "scripts/benchmark_inference_scale.py", *given]),
         "git_commit": git_commit(),
         "machine": machine_info(torch.device("cpu")),
+        "load_average_before": load_before,
         **measured,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

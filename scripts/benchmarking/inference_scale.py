@@ -93,7 +93,11 @@ def read_predictions(csv_path: Path) -> list[list[str]]:
 
 
 def monitored_run(
-    command: list[str], output_dir: Path, log: Path, n_images: int, kill_at: int | None = None
+    command: list[str],
+    output_dir: Path,
+    log: Path,
+    kill_at: int | None = None,
+    sample_seconds: float = SAMPLE_SECONDS,
 ) -> dict[str, Any]:
     """Run ``command``, sampling the PSS of its process tree and the rows of ``predictions.csv``; with ``kill_at``,
     SIGKILL its process group once that many rows are written. Returns the samples, wall seconds and exit code."""
@@ -114,7 +118,7 @@ def monitored_run(
                 os.killpg(process.pid, signal.SIGKILL)
                 killed = True
                 break
-            time.sleep(SAMPLE_SECONDS)
+            time.sleep(sample_seconds)
         returncode = process.wait()
         wall = time.perf_counter() - start
     if not killed and returncode != 0:
@@ -137,9 +141,11 @@ def measure_streaming_inference(
     num_workers: int = 2,
     batch_size: int = 32,
     kill_after_fraction: float = 0.5,
+    sample_seconds: float = SAMPLE_SECONDS,
 ) -> dict[str, Any]:
     """Throughput, memory while the files are done, and the resume check of ``configs/inference.yaml`` on a folder
-    of ``n_images`` random PNG images (the module docstring says how). ``workdir`` holds the images and outputs."""
+    of ``n_images`` random PNG images (the module docstring says how). ``workdir`` holds the images and outputs;
+    memory and rows are sampled every ``sample_seconds``."""
     if n_images < 10:
         raise ValueError("n_images must be at least 10 (memory is read off at 10 % steps)")
     if not 0.0 < kill_after_fraction < 1.0:
@@ -154,7 +160,7 @@ def measure_streaming_inference(
         if folder.exists():
             subprocess.run(["rm", "-rf", str(folder)], check=True)
     command = inference_command(inputs, full_out, models, image_size, batch_size, num_workers)
-    full = monitored_run(command, full_out, workdir / "full.log", n_images)
+    full = monitored_run(command, full_out, workdir / "full.log", sample_seconds=sample_seconds)
     full_log = (workdir / "full.log").read_text()
     samples = full["samples"]
     reference = {row[0]: row[1:-2] for row in read_predictions(full_out / "predictions.csv")}
@@ -167,10 +173,10 @@ def measure_streaming_inference(
 
     command = inference_command(inputs, resumed_out, models, image_size, batch_size, num_workers)
     kill_at = max(1, int(n_images * kill_after_fraction))
-    killed = monitored_run(command, resumed_out, workdir / "killed.log", n_images, kill_at=kill_at)
+    killed = monitored_run(command, resumed_out, workdir / "killed.log", kill_at, sample_seconds)
     done_when_killed = count_rows(resumed_out / "predictions.csv")
     before = {row[0]: row for row in read_predictions(resumed_out / "predictions.csv")}
-    restarted = monitored_run(command, resumed_out, workdir / "restarted.log", n_images)
+    restarted = monitored_run(command, resumed_out, workdir / "restarted.log", sample_seconds=sample_seconds)
     final = read_predictions(resumed_out / "predictions.csv")
     restarted_rows = final[len(before) :]
     files = [row[0] for row in final]
@@ -190,6 +196,7 @@ def measure_streaming_inference(
         "pss_mib_at_fraction_done": {f"{int(100 * m)}%": pss_at(samples, int(n_images * m)) for m in MARKS},
         "progress_bar_with_time_left": "inference: [" in full_log and "<" in full_log.split("inference: [")[-1],
         "memory_samples": len(samples),
+        "sample_seconds": sample_seconds,
         "resume": {
             "kill_after_fraction": kill_after_fraction,
             "killed": killed["killed"],
