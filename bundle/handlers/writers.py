@@ -255,7 +255,7 @@ class SaliencyWriter:
             for path, header in headers.items():
                 _continue_csv(path, header, header[: -len(NEW_COLUMNS[path.name])])
             with open(self.predictions_csv, newline="") as f:
-                for row in list(csv.DictReader(f)):  # the names those files' outputs got, as in one run
+                for row in csv.DictReader(f):  # the names those files' outputs got, as in one run (streamed)
                     if not row[FRAME_KEY]:
                         self._unique_stem(row["file"])
                     elif row["file"] not in self._frame_stems:  # the frames of a file share its stem
