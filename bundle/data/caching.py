@@ -28,12 +28,14 @@ The disk cache is MONAI's ``PersistentDataset``, with three changes this bundle 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
 import logging
 import os
 import pickle
+import sys
 import tempfile
 import time
 import weakref
@@ -142,6 +144,20 @@ def full_precision(transforms: Sequence[Any]) -> list[Any]:
     chain is then cached as float32, e.g. with transforms after normalisation that must be cached too (the teacher's
     outputs of configs/precompute_teacher.yaml)."""
     return [t for t in transforms if not isinstance(t, (SourceLevelsd, Quantized, Dequantized))]
+
+
+# --- the memory cache ------------------------------------------------------------------------------------------------
+def release_freed_memory() -> None:
+    """Give the memory freed by the caching pass back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Why: MONAI's caching pass decodes in threads, each with its own allocator arena, and the freed float32
+    temporaries stayed in the process: after caching uint8 images its resident memory grew by several times the
+    cache's size, which the budget does not count (seen with scripts/benchmark_scale.py)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+            pass
 
 
 # --- what is cached -------------------------------------------------------------------------------------------------
@@ -434,6 +450,7 @@ def cached_dataset(
         logger.info(f"cache ({name}): {'auto chose memory' if cache == 'auto' else 'memory'}: {need} fits {limit}")
         _reserved_memory_bytes[0] += needed
         memory_cache = CacheDataset(data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=progress)
+        release_freed_memory()
         weakref.finalize(memory_cache, _release_memory, needed)
         return memory_cache
     dataset = ContentKeyedPersistentDataset(data, transform, cache_dir)  # type: ignore[arg-type]
