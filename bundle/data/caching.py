@@ -37,6 +37,7 @@ import os
 import pickle
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Hashable, Mapping, Sequence
@@ -147,6 +148,32 @@ def full_precision(transforms: Sequence[Any]) -> list[Any]:
 
 
 # --- the memory cache ------------------------------------------------------------------------------------------------
+TRIM_EVERY = 128  # cached items between two releases of freed memory during the caching pass
+
+
+class TrimmingCacheDataset(CacheDataset):
+    """MONAI's ``CacheDataset`` that gives freed memory back to the system every ``TRIM_EVERY`` items it caches and at
+    the end (``release_freed_memory``), so that the process holds about the cache, not the cache and the garbage of
+    the pass that filled it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._cached_since_trim = 0
+        self._trim_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+        release_freed_memory()
+
+    def _load_cache_item(self, idx: int) -> Any:
+        item = super()._load_cache_item(idx)
+        with self._trim_lock:
+            self._cached_since_trim += 1
+            trim = self._cached_since_trim >= TRIM_EVERY
+            if trim:
+                self._cached_since_trim = 0
+        if trim:
+            release_freed_memory()
+        return item
+
+
 def release_freed_memory() -> None:
     """Give the memory freed by the caching pass back to the system (glibc's ``malloc_trim``; elsewhere nothing).
 
@@ -449,8 +476,9 @@ def cached_dataset(
     if cache == "memory" or (cache == "auto" and fits):
         logger.info(f"cache ({name}): {'auto chose memory' if cache == 'auto' else 'memory'}: {need} fits {limit}")
         _reserved_memory_bytes[0] += needed
-        memory_cache = CacheDataset(data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=progress)
-        release_freed_memory()
+        memory_cache = TrimmingCacheDataset(
+            data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=progress
+        )
         weakref.finalize(memory_cache, _release_memory, needed)
         return memory_cache
     dataset = ContentKeyedPersistentDataset(data, transform, cache_dir)  # type: ignore[arg-type]
