@@ -45,7 +45,12 @@ PUBLIC_SETS = (
     ("APTOS 2019, train", 3662, 3),
 )
 SERVER_BUDGET_GB = 64  # half the memory of a large training server
-CHOSEN = {"Dataset": "none", "CacheDataset": "memory", "ContentKeyedPersistentDataset": "disk"}
+CHOSEN = {
+    "Dataset": "none",
+    "CacheDataset": "memory",
+    "TrimmingCacheDataset": "memory",
+    "ContentKeyedPersistentDataset": "disk",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

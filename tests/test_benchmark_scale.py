@@ -24,7 +24,7 @@ def test_a_tiny_scale_run_times_each_cache_mode_and_finds_the_disk_cache_filled_
     results = json.loads(out.read_text())
     runs = {r["cache"]: r for r in results["runs"]}
     assert list(runs) == ["memory", "disk", "disk_warm"]
-    assert runs["memory"]["mode"] == "CacheDataset" and runs["disk"]["mode"] == "ContentKeyedPersistentDataset"
+    assert runs["memory"]["mode"] == "TrimmingCacheDataset" and runs["disk"]["mode"] == "ContentKeyedPersistentDataset"
     for run in runs.values():
         assert run["images_per_epoch"] == 24 and len(run["epoch_s"]) == 2  # 24 images, batches of 8, none dropped
         assert run["peak_pss_mib"] > 100 and run["loader_images_per_s"] == pytest.approx(24 / run["epoch_s"][-1])

@@ -180,7 +180,7 @@ def test_auto_keeps_what_fits_in_memory_and_writes_the_rest_to_disk(fundus, tmp_
         fits = _parser(fundus, tmp_path / "c", cache="auto").get_parsed_content("validate#dataset")
         small = _parser(fundus, tmp_path / "c", cache="auto", cache_memory_gb=1e-6)
         spilled = small.get_parsed_content("validate#dataset")
-    assert type(fits).__name__ == "CacheDataset" and isinstance(spilled, ContentKeyedPersistentDataset)
+    assert isinstance(fits, caching.TrimmingCacheDataset) and isinstance(spilled, ContentKeyedPersistentDataset)
     lines = [r.message for r in caplog.records if r.message.startswith("cache (validation)")]
     assert "auto chose memory" in lines[0] and "auto chose disk" in lines[1] and "does not fit" in lines[1]
     assert "does not fit the budget of 0.00 GB (cache_memory_gb 1e-06" in lines[1]
