@@ -258,7 +258,9 @@ def test_the_committed_performance_reports_are_renderings_of_the_committed_json(
     assert appended == APPENDED_SECTIONS.get(report_name, [])
 
 
-APPENDED_SECTIONS = {"PERFORMANCE.md": ["## Serving with MONAI Label"]}  # scripts/benchmark_serving.py
+APPENDED_SECTIONS = {  # scripts/benchmark_serving.py, benchmark_scale.py, benchmark_inference_scale.py
+    "PERFORMANCE.md": ["## Serving with MONAI Label", "## Data sets at scale", "## Inference on a large folder"]
+}
 
 
 def test_rejects_bad_arguments():
