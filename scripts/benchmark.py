@@ -16,8 +16,8 @@ on the weights), the explainer + student (``network``), the loss, the training d
   same computation on the same pre-built batches (data loading excluded from both); and training images/s of the
   teacher (``configs/train_teacher.yaml``) beside MED-TEX's, each with its own trainer and loader, on CUDA with AMP
   against fp32;
-- data loading: the cached training loader (the config's data set, cached in memory, + DataLoader, augmentation included) against
-  what one training iteration consumes, and decoding from PNG and DICOM, uncached and cached;
+- data loading: the cached training loader (the config's data set, cached in memory, + DataLoader, augmentation
+  included) against what one training iteration consumes, and decoding from PNG and DICOM, uncached and cached;
 - peak memory of training and inference (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS);
 - with ``--student-config FILE`` (repeatable; e.g. configs/students/resnet.yaml): explainer + student inference with
   that config overlay's student, latency and throughput as ratios to the teacher timed in turn with it;
