@@ -122,6 +122,61 @@ def test_fidelity_term_is_the_teachers_kl_on_the_masked_image_and_trains_only_th
     assert all(p.grad is None for p in model.student.parameters())  # the student is not in this term
 
 
+def test_deletion_term_is_the_teachers_agreement_with_itself_once_the_masked_region_is_removed():
+    """Multi-class: sum_c q_c p_c (q, p: softmax on x and on x_del), by hand; multi-label: mean q_c p_c (sigmoids);
+    the teacher's own prediction is a target (no gradient), the deleted image's logits carry the gradient."""
+    loss = MedTexLoss("multiclass", ce_weight=0.0, kd_weight=0.0, deletion_weight=3.0)
+    teacher_full = torch.tensor([[math.log(3), 0.0]])  # q = (0.75, 0.25)
+    deleted = torch.tensor([[0.0, math.log(3)]], requires_grad=True)  # p = (0.25, 0.75)
+    terms = loss(torch.zeros(1, 2), None, teacher_full, None, teacher_deleted_logits=deleted)
+    assert terms["deletion"].item() == pytest.approx(0.75 * 0.25 + 0.25 * 0.75, rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(3 * 0.375, rel=1e-6)
+    terms["loss"].backward()
+    # d/dz0 of sum q_c softmax(z)_c = p0 (q0 - sum q p) = 0.25 (0.75 - 0.375); times the weight 3
+    assert deleted.grad[0, 0].item() == pytest.approx(3 * 0.25 * (0.75 - 0.375), rel=1e-5)
+    assert loss.needs_teacher and MedTexLoss("multiclass", kd_weight=0.0, fidelity_weight=0.0).needs_teacher is False
+
+    multilabel = MedTexLoss("multilabel", ce_weight=0.0, kd_weight=0.0, deletion_weight=1.0)
+    full, gone = torch.tensor([[0.0, math.log(3)]]), torch.tensor([[math.log(3), 0.0]])  # q = (.5, .75), p = (.75, .5)
+    terms = multilabel(torch.zeros(1, 2), None, full, None, teacher_deleted_logits=gone)
+    assert terms["deletion"].item() == pytest.approx((0.5 * 0.75 + 0.75 * 0.5) / 2, rel=1e-6)
+
+
+def test_hard_gate_keeps_or_removes_whole_pixels_with_straight_through_gradients():
+    """Training: a Bernoulli(M) draw per pixel (the kept fraction near mean M); evaluation: M > 0.5; forward values
+    are 0 or 1, and the gradient reaches M as if the gate were the identity. The soft gate is M itself."""
+    torch.manual_seed(0)
+    student = Student(in_channels=1, out_channels=2, init_features=8, growth_rate=4, block_config=(1, 1))
+    model = MedTex(student, Explainer(in_channels=1, features=(4, 4, 4, 8, 8, 4)), gate="hard")
+    mask = torch.rand(4, 1, 32, 32).mul(0.6).requires_grad_(True)  # M in [0, 0.6)
+    model.train()
+    gated = model.gate(mask)
+    assert set(gated.unique().tolist()) == {0.0, 1.0}
+    assert gated.mean().item() == pytest.approx(mask.mean().item(), abs=0.02)  # 4096 draws: sd about 0.007
+    gated.sum().backward()
+    torch.testing.assert_close(mask.grad, torch.ones_like(mask))
+    model.eval()
+    torch.testing.assert_close(model.gate(mask), (mask > 0.5).float())
+    image = torch.randn(4, 1, 32, 32)
+    torch.testing.assert_close(model.apply_mask(image, mask), image * (mask > 0.5))
+    soft = MedTex(student, model.explainer)
+    torch.testing.assert_close(soft.apply_mask(image, mask), image * mask)
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted.apply_mask(image, mask), model.apply_mask(image, mask))
+
+
+def test_gate_is_saved_with_the_weights_and_a_mismatch_is_refused_naming_the_key():
+    student = Student(in_channels=1, out_channels=2, init_features=8, growth_rate=4, block_config=(1, 1))
+    hard = MedTex(student, Explainer(in_channels=1, features=(4, 4, 4, 8, 8, 4)), gate="hard")
+    soft = MedTex(copy.deepcopy(student), Explainer(in_channels=1, features=(4, 4, 4, 8, 8, 4)))
+    with pytest.raises(ValueError, match="mask_gate: hard"):
+        soft.load_state_dict(hard.state_dict())
+    older = {k: v for k, v in soft.state_dict().items() if k != "input_hard_gate"}  # saved before the option
+    soft.load_state_dict(older)
+    with pytest.raises(ValueError, match="gate must be one of"):
+        MedTex(student, gate="binary")
+
+
 # --- networks -----------------------------------------------------------------------------------------------------
 def test_medtex_masks_the_image_and_gradients_reach_the_explainer():
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ from bundle.networks.medtex import MedTex
 from bundle.networks.teacher import FrozenTeacher
 
 MASK = "mask"
-LOSS_TERMS = ("ce", "kd", "vid", "mask", "fidelity")
+LOSS_TERMS = ("ce", "kd", "vid", "mask", "fidelity", "deletion")
 
 
 class DecollateWithoutSync:
@@ -78,7 +78,8 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
     also classifies the masked image (its weights frozen, gradients flowing to the mask); ``MedTexLoss`` combines
     the terms.
     ``engine.state.output`` holds ``image``, ``label``, ``pred`` (student logits), ``mask``, ``loss`` (the total,
-    as MONAI's handlers expect) and ``loss_ce``, ``loss_kd``, ``loss_vid``, ``loss_mask``, ``loss_fidelity``.
+    as MONAI's handlers expect) and ``loss_ce``, ``loss_kd``, ``loss_vid``, ``loss_mask``, ``loss_fidelity``,
+    ``loss_deletion``.
     Everything else (AMP, handlers, metrics, events) is MONAI's; only the iteration body is replaced, because
     ``SupervisedTrainer`` computes ``loss_function(pred, label)`` and the MED-TEX loss needs more than that.
 
@@ -128,10 +129,10 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
             raise ValueError("the loss has KD or VID weights > 0 but no teacher was given")
         self.teacher = teacher.to(device) if teacher is not None and loss_function.needs_teacher else None
         if self.teacher is not None and not getattr(self.teacher, "differentiable", True):
-            if loss_function.weights["fidelity"] > 0:
+            if loss_function.weights["fidelity"] > 0 or loss_function.weights["deletion"] > 0:
                 raise ValueError(
-                    "fidelity_weight > 0 needs gradients through the teacher, and an ONNX teacher has none: set "
-                    "fidelity_weight: 0 (KD only) or give the teacher as a state dict or TorchScript"
+                    "fidelity_weight > 0 needs gradients through the teacher (so does deletion_weight > 0), and an "
+                    "ONNX teacher has none: set both to 0 (KD only) or give the teacher as a state dict or TorchScript"
                 )
         use_vid = loss_function.weights["vid"] > 0
         if use_vid and self.teacher is not None and self.teacher.recorder is None:
@@ -190,15 +191,25 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
             engine.state.output[MASK] = mask
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             student_features = engine.student_features.features if engine.student_features is not None else []
-            teacher_masked_logits = None
-            has_explainer = engine.mask_recorder is not None
-            if engine.loss_function.weights["fidelity"] > 0 and engine.teacher is not None and has_explainer:
+            teacher_masked_logits = teacher_deleted_logits = None
+            weights = engine.loss_function.weights
+            if engine.teacher is not None and engine.mask_recorder is not None:
                 # after the student's pass, whose features were read above; the teacher's hooks record again.
-                # Without an explainer x' = x and the term is zero: no second teacher pass.
+                # Without an explainer x' = x: fidelity is zero and deletion meaningless, so no more teacher passes.
                 model = cast(MedTex, unwrap(engine.network))  # has an explainer, so a MedTex (or one like it)
-                teacher_masked_logits = engine.teacher(model.apply_mask(inputs, mask))[0]
+                if weights["fidelity"] > 0:
+                    teacher_masked_logits = engine.teacher(model.apply_mask(inputs, mask))[0]
+                if weights["deletion"] > 0:
+                    teacher_deleted_logits = engine.teacher(model.apply_mask(inputs, 1.0 - mask))[0]
             terms = engine.loss_function(
-                logits, targets, teacher_logits, mask, student_features, teacher_features, teacher_masked_logits
+                logits,
+                targets,
+                teacher_logits,
+                mask,
+                student_features,
+                teacher_features,
+                teacher_masked_logits,
+                teacher_deleted_logits,
             )
             engine.state.output[Keys.LOSS] = terms["loss"]
             for name in LOSS_TERMS:

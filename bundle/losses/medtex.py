@@ -14,7 +14,7 @@ from bundle.losses.distillation import KDLoss, MaskPrior, VIDLoss
 
 class MedTexLoss(nn.Module):
     """``a_ce CE(S(x'), y) + a_kd tau^2 KL(T(x) || S(x')) + a_vid sum_l VID(t_l, s_l) + a_m R(M)
-    + a_fid KL(T(x) || T(x'))``.
+    + a_fid KL(T(x) || T(x')) + a_del D(T(x), T(x_del))``.
 
     Every term has a weight; a zero weight skips the term (and, for KD and VID together, the teacher's forward
     pass). CE counts labelled images only (-1 labels are unknown), so unlabelled images train through KD and VID.
@@ -26,6 +26,12 @@ class MedTexLoss(nn.Module):
             The student adapts to whatever the mask leaves, so KD alone lets the explainer keep any cheap cue;
             the frozen teacher cannot adapt, so this term makes the mask keep what the teacher itself uses
             (the preservation objective of real-time saliency, Dabkowski and Gal 2017).
+        deletion_weight: a_del, the teacher's agreement with its own prediction on the image with the mask's region
+            removed, ``x_del = (1 - M) x + M b``: ``D = mean_b sum_c q_c p_c`` for a multi-class task (q, p the
+            teacher's softmax on x and x_del: the chance that both predictions name the same class) and
+            ``mean_{b,c} q_c p_c`` for a multi-label one (sigmoids: the findings the teacher saw should vanish).
+            Preservation alone is met by any region that suffices; deletion also asks the mask to cover all the
+            evidence (the deletion objective of real-time saliency), which is what a lesion map should show.
         temperature: KD temperature tau.
         vid: the VID module (regressors and variances) when ``vid_weight > 0``; one without layer pairs (a teacher
             whose layers cannot be hooked) switches VID off.
@@ -45,6 +51,7 @@ class MedTexLoss(nn.Module):
         mask_weight: float = 0.0,
         temperature: float = 4.0,
         fidelity_weight: float = 0.0,
+        deletion_weight: float = 0.0,
         vid: Optional[VIDLoss] = None,
         mask_prior: Optional[MaskPrior] = None,
         teacher_classes: Optional[Sequence[int]] = None,
@@ -63,11 +70,13 @@ class MedTexLoss(nn.Module):
             "vid": vid_weight,
             "mask": mask_weight,
             "fidelity": fidelity_weight,
+            "deletion": deletion_weight,
         }
         self.teacher_classes = self._check_teacher_classes(teacher_classes, num_classes, ce_weight, kd_weight)
         self.ce = ClassificationLoss(task)
         self.kd = KDLoss(task, temperature)
         self.fidelity = KDLoss(task, 1.0)
+        self.task = task
         self.vid = vid
         self.mask_prior = mask_prior
 
@@ -92,7 +101,7 @@ class MedTexLoss(nn.Module):
 
     @property
     def needs_teacher(self) -> bool:
-        return self.weights["kd"] > 0 or self.weights["vid"] > 0 or self.weights["fidelity"] > 0
+        return any(self.weights[name] > 0 for name in ("kd", "vid", "fidelity", "deletion"))
 
     def forward(
         self,
@@ -103,9 +112,11 @@ class MedTexLoss(nn.Module):
         student_features: Sequence[torch.Tensor] = (),
         teacher_features: Sequence[torch.Tensor] = (),
         teacher_masked_logits: Optional[torch.Tensor] = None,
+        teacher_deleted_logits: Optional[torch.Tensor] = None,
     ) -> dict[str, torch.Tensor]:
-        """Return ``{"loss": total, "ce": ..., "kd": ..., "vid": ..., "mask": ..., "fidelity": ...}`` (unweighted
-        terms); ``teacher_masked_logits`` are the teacher's logits on the masked image, with gradients to the mask.
+        """Return ``{"loss": total, "ce": ..., "kd": ..., "vid": ..., "mask": ..., "fidelity": ..., "deletion": ...}``
+        (unweighted terms); ``teacher_masked_logits`` / ``teacher_deleted_logits`` are the teacher's logits on the
+        masked image / on the image with the mask's region removed, with gradients to the mask.
         """
         zero = student_logits.sum() * 0.0
         terms = {name: zero for name in self.weights}
@@ -123,9 +134,20 @@ class MedTexLoss(nn.Module):
             if teacher_logits is None:
                 raise ValueError("fidelity_weight > 0 but no teacher logits were given")
             terms["fidelity"] = self.fidelity(teacher_masked_logits, teacher_logits)
-        # a sum of the five weighted tensor terms, never sum()'s int start value
+        if self.weights["deletion"] > 0 and teacher_deleted_logits is not None:
+            if teacher_logits is None:
+                raise ValueError("deletion_weight > 0 but no teacher logits were given")
+            terms["deletion"] = self.deletion(teacher_deleted_logits, teacher_logits)
+        # a sum of the weighted tensor terms, never sum()'s int start value
         terms["loss"] = cast(torch.Tensor, sum(self.weights[name] * terms[name] for name in self.weights))
         return terms
+
+    def deletion(self, deleted_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """How much of its prediction the teacher keeps once the mask's region is removed (see ``deletion_weight``)."""
+        if self.task == "multilabel":
+            return (torch.sigmoid(teacher_logits.detach()) * torch.sigmoid(deleted_logits)).mean()
+        agreement = torch.softmax(teacher_logits.detach(), dim=1) * torch.softmax(deleted_logits, dim=1)
+        return agreement.sum(dim=1).mean()
 
     def _covered(self, student_logits: torch.Tensor) -> torch.Tensor:
         """The student's logits of the classes the teacher's logits cover, in the same order."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 BASELINES = ("zero", "blur")
+GATES = ("soft", "hard")
 
 
 class MedTex(nn.Module):
@@ -22,6 +23,13 @@ class MedTex(nn.Module):
         explainer: mask network mapping ``(B, C, H, W)`` to ``(B, 1, H, W)`` in [0, 1], or ``None``.
         baseline: ``"zero"`` or ``"blur"``.
         blur_sigma: Gaussian sigma in pixels for the ``"blur"`` baseline.
+        gate: ``"soft"``: the image is weighted by the mask ``M`` itself. ``"hard"``: each pixel is kept or removed
+            whole, ``M`` read as the probability of keeping it: a Bernoulli draw per pixel in training, ``M > 0.5``
+            in evaluation, with straight-through gradients (the derivative of the draw taken as 1), as discrete
+            feature selectors do (L2X, VIBI). A soft mask can carry information in its grey levels that the student
+            learns to read; a kept-or-removed pixel carries only its own value. ``explain`` still returns ``M``,
+            whose order ranks the pixels; the mask prior on ``M`` (``bernoulli_kl`` to a rate) is then a budget on
+            the expected fraction of pixels kept (an L0 budget). Saved with the weights and checked on loading.
     """
 
     def __init__(
@@ -30,10 +38,17 @@ class MedTex(nn.Module):
         explainer: Optional[nn.Module] = None,
         baseline: str = "zero",
         blur_sigma: float = 4.0,
+        gate: str = "soft",
     ) -> None:
         super().__init__()
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        self.hard_gate = gate == "hard"
+        # saved with the weights: a model trained with one gate and deployed with the other would load and predict
+        # from other inputs, so loading compares them (``_load_from_state_dict``)
+        self.register_buffer("input_hard_gate", torch.tensor(int(self.hard_gate), dtype=torch.int64))
         self.student = student
         self.explainer = explainer
         self.blur_baseline = baseline == "blur"
@@ -57,9 +72,40 @@ class MedTex(nn.Module):
             return torch.ones_like(image[:, :1])
         return explainer(image)
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        saved = int(state_dict.get(prefix + "input_hard_gate", 0))  # weights saved before the option: soft
+        if saved != int(self.hard_gate):
+            raise ValueError(
+                f"these weights were trained with mask_gate: {GATES[saved]} but the network is built with mask_gate:"
+                f" {GATES[int(self.hard_gate)]}: set mask_gate: {GATES[saved]} in the config"
+            )
+        state_dict[prefix + "input_hard_gate"] = torch.tensor(saved, dtype=torch.int64)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)
+
+    @torch.jit.export
+    def gate(self, mask: torch.Tensor) -> torch.Tensor:
+        """The mask that weights the image: ``M`` itself (soft gate), or kept-or-removed pixels (hard gate)."""
+        if not self.hard_gate:
+            return mask
+        if self.training:
+            kept = (mask > torch.rand_like(mask)).to(mask.dtype)  # P(kept) = M: a Bernoulli draw per pixel
+        else:
+            kept = (mask > 0.5).to(mask.dtype)
+        return mask + (kept - mask).detach()  # forward: kept; backward: the gradient of M (straight-through)
+
     @torch.jit.export
     def apply_mask(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``M * x + (1 - M) * b``: what the student sees."""
+        """``G(M) * x + (1 - G(M)) * b``: what the student sees (``G``: the gate)."""
+        mask = self.gate(mask)
         if self.blur_baseline:
             return mask * image + (1.0 - mask) * self.blur(image)
         return mask * image
