@@ -18,6 +18,17 @@ localisation means skip images without a lesion), and maps per second (median of
 batch after a warm-up; for ``medtex`` one ``explain`` call, explainer + student). Writes ``saliency_<task>.csv``,
 ``saliency_<task>.md`` and ``saliency_<task>.png`` (rows: images; columns: image, ground truth, each method's map
 overlaid) under ``--out``.
+
+Sanity checks (Adebayo et al. 2018; :mod:`bundle.explain.sanity`), only when asked for: ``--sanity`` randomises the
+teacher's layers cumulatively from the output down and compares the maps of ``--cascade-methods`` (default gradcam
+gradcampp vanillagrad) on each randomised copy with the original teacher's maps (SSIM and Spearman rank correlation,
+means over the first ``--sanity-n-images`` images); the other post-hoc methods of ``--methods`` are compared with
+every layer randomised only (setting ``all layers``). ``--shuffled-teacher-ckpt`` adds data randomisation: the same
+methods on a teacher trained on shuffled labels. For ``medtex``, ``--randomized-teacher-model-ckpt`` and
+``--shuffled-teacher-model-ckpt`` are explainers + students trained against a random and a shuffled-label teacher;
+their masks are compared with ``--model-ckpt``'s. Writes ``saliency_sanity_<task>.csv`` (columns method, check,
+setting, ssim, spearman, n_images), ``saliency_sanity_<task>.md`` and the plot ``saliency_sanity_<task>.png``.
+Other scripts can call :func:`sanity_rows` with loaded models and images.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +54,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bundle.data.datalist import ITEM_LIST_KEYS, load_datalist  # noqa: E402
-from bundle.explain import SALIENCY_METHODS, make_saliency, saliency_scores  # noqa: E402
+from bundle.explain import (  # noqa: E402
+    SALIENCY_METHODS,
+    cascading_randomization,
+    make_saliency,
+    map_similarity,
+    saliency_scores,
+)
 from bundle.explain.faithfulness import SUBSTRATES  # noqa: E402
 from bundle.networks.teacher import FrozenTeacher, load_weights  # noqa: E402
 from bundle.report import write_html_report  # noqa: E402
@@ -51,6 +68,10 @@ from bundle.report import write_html_report  # noqa: E402
 RANDOM = "random"  # reference row: a uniformly random map (what chance gives on every measure)
 METRICS = ("deletion_auc", "insertion_auc", "fidelity", "pointing_game", "iou", "auprc")
 COLUMNS = ("method", *METRICS, "maps_per_second", "n_images", "n_with_lesion", "threads", "device")
+SANITY_COLUMNS = ("method", "check", "setting", "ssim", "spearman", "n_images")
+CASCADE_METHODS = ("gradcam", "gradcampp", "vanillagrad")  # fast enough to run once per randomised layer
+ALL_LAYERS = "all layers"
+SSIM_GOAL = 0.5  # below this mean SSIM a method's maps count as changed by the randomisation
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -79,9 +100,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-grid", type=int, default=4, help="images (rows) in the PNG grid (4)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed for SmoothGrad noise and the random maps (0)")
+    parser.add_argument("--sanity", action="store_true", help="model randomisation of the teacher (see above)")
+    parser.add_argument(
+        "--cascade-methods",
+        nargs="+",
+        default=list(CASCADE_METHODS),
+        choices=SALIENCY_METHODS[1:],
+        help="post-hoc methods compared at every randomised layer (gradcam gradcampp vanillagrad)",
+    )
+    parser.add_argument("--sanity-n-images", type=int, default=16, help="images for the sanity checks (16)")
+    parser.add_argument("--shuffled-teacher-ckpt", help="teacher trained on shuffled labels (data randomisation)")
+    parser.add_argument("--randomized-teacher-model-ckpt", help="explainer + student trained against a random teacher")
+    parser.add_argument("--shuffled-teacher-model-ckpt", help="explainer + student trained against --shuffled-teacher")
     args = parser.parse_args(argv)
-    if args.n_images < 1 or args.batch_size < 1 or args.repeats < 1:
-        parser.error("--n-images, --batch-size and --repeats must be positive")
+    if args.n_images < 1 or args.batch_size < 1 or args.repeats < 1 or args.sanity_n_images < 1:
+        parser.error("--n-images, --batch-size, --repeats and --sanity-n-images must be positive")
     return args
 
 
@@ -122,12 +155,9 @@ def load_images(parser: ConfigParser, split: str, n_images: int) -> tuple[torch.
     return torch.stack(images), torch.stack(masks), [item["image"] for item in items]
 
 
-def build_methods(
-    args: argparse.Namespace, parser: ConfigParser, teacher: torch.nn.Module, device: torch.device
-) -> dict[str, Any]:
-    """Saliency methods by name: the explainer + student for ``medtex``, the teacher for the others."""
-    task, image_size = parser.get_parsed_content("task"), parser.get_parsed_content("image_size")
-    options: dict[str, dict[str, Any]] = {
+def method_options(args: argparse.Namespace, image_size: int) -> dict[str, dict[str, Any]]:
+    """``make_saliency`` keyword arguments by method, from the command line."""
+    return {
         "gradcam": {"target_layer": args.target_layer},
         "gradcampp": {"target_layer": args.target_layer},
         "occlusion": {
@@ -136,19 +166,32 @@ def build_methods(
         },
         "smoothgrad": {"n_samples": args.smoothgrad_samples},
     }
+
+
+def load_network(parser: ConfigParser, ckpt: str, device: torch.device) -> torch.nn.Module:
+    """``network_def`` (explainer + student) with the weights of ``ckpt``, in eval mode."""
+    model = parser.get_parsed_content("network_def")
+    try:
+        model.load_state_dict(load_weights(ckpt))
+    except RuntimeError as error:  # e.g. a checkpoint from an older explainer architecture
+        raise SystemExit(f"{ckpt}: weights do not fit the configured network_def: {error}") from error
+    return model.to(device).eval()
+
+
+def build_methods(
+    args: argparse.Namespace, parser: ConfigParser, teacher: torch.nn.Module, device: torch.device
+) -> dict[str, Any]:
+    """Saliency methods by name: the explainer + student for ``medtex``, the teacher for the others."""
+    task, image_size = parser.get_parsed_content("task"), parser.get_parsed_content("image_size")
+    options = method_options(args, image_size)
     methods = {}
     for name in args.methods:
         model = teacher
         if name == "medtex":
-            model = parser.get_parsed_content("network_def")
             ckpt = args.model_ckpt or os.path.join(
                 parser.get_parsed_content("ckpt_dir"), parser.get_parsed_content("ckpt_name")
             )
-            try:
-                model.load_state_dict(load_weights(ckpt))
-            except RuntimeError as error:  # e.g. a checkpoint from an older explainer architecture
-                raise SystemExit(f"{ckpt}: weights do not fit the configured network_def: {error}") from error
-            model = model.to(device).eval()
+            model = load_network(parser, ckpt, device)
         methods[name] = make_saliency(name, model, task=task, **options.get(name, {}))
     return methods
 
@@ -259,6 +302,228 @@ def write_grid(path: Path, images: torch.Tensor, masks: torch.Tensor, maps: dict
     opaque.save(path, optimize=True)
 
 
+def all_maps(method: Any, images: torch.Tensor, batch_size: int, device: torch.device, seed: int) -> torch.Tensor:
+    """``method``'s maps of ``images`` in batches, on the CPU; the RNG is reseeded first so that SmoothGrad adds the
+    same noise for every model compared."""
+    torch.manual_seed(seed)
+    batches = [method(images[i : i + batch_size].to(device)).cpu() for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(batches)
+
+
+def similarity_row(method: str, check: str, setting: str, reference: torch.Tensor, maps: torch.Tensor) -> dict:
+    """One row of the sanity table: mean SSIM and Spearman over images (Spearman skips constant maps)."""
+    values = map_similarity(reference, maps)
+    ssim, spearman = nanmean(values["ssim"]), nanmean(values["spearman"])
+    return {
+        "method": method,
+        "check": check,
+        "setting": setting,
+        "ssim": ssim,
+        "spearman": spearman,
+        "n_images": reference.shape[0],
+    }
+
+
+def sanity_rows(
+    teacher: torch.nn.Module,
+    images: torch.Tensor,
+    make_method: Callable[[str, torch.nn.Module], Any],
+    methods: Sequence[str],
+    cascade_methods: Sequence[str] = CASCADE_METHODS,
+    shuffled_teacher: torch.nn.Module | None = None,
+    medtex: torch.nn.Module | None = None,
+    medtex_controls: Sequence[tuple[str, str, torch.nn.Module]] = (),
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    randomize: bool = True,
+) -> list[dict[str, Any]]:
+    """Adebayo et al.'s sanity checks as rows ``{method, check, setting, ssim, spearman, n_images}``.
+
+    ``make_method(name, model)`` builds the saliency method ``name`` on ``model``. Post-hoc methods (the names in
+    ``methods`` other than ``medtex``): with ``randomize``, the teacher's cascading randomisation
+    (:func:`bundle.explain.cascading_randomization`), ``cascade_methods`` at every step and the others with all
+    layers randomised only (check ``model_randomization``); with ``shuffled_teacher``, the maps of a teacher trained
+    on shuffled labels (``data_randomization``, ``shuffled labels``). ``medtex``: the explainer + student whose masks
+    are the reference for ``medtex_controls``, ``(check, setting, model)`` triples such as ``("model_randomization",
+    "random teacher", model)``. Every comparison is against the untouched model's maps of the same ``images``.
+    """
+    device = torch.device(device)
+    post_hoc = [name for name in methods if name != "medtex"]
+    maps_of = lambda name, model: all_maps(make_method(name, model), images, batch_size, device, seed)  # noqa: E731
+    reference = {name: maps_of(name, teacher) for name in post_hoc}
+    rows = []
+    if randomize and post_hoc:
+        steps = list(cascading_randomization(teacher, seed=seed))
+        cascade = [name for name in post_hoc if name in cascade_methods]
+        for label, randomized in tqdm(steps, desc="randomised layers", unit="step", leave=False):
+            for name in cascade:
+                rows.append(
+                    similarity_row(name, "model_randomization", label, reference[name], maps_of(name, randomized))
+                )
+        everything = steps[-1][1]  # the last step has every unit re-initialised
+        for name in post_hoc:
+            if name not in cascade:
+                rows.append(
+                    similarity_row(name, "model_randomization", ALL_LAYERS, reference[name], maps_of(name, everything))
+                )
+    if shuffled_teacher is not None:
+        for name in post_hoc:
+            maps = maps_of(name, shuffled_teacher)
+            rows.append(similarity_row(name, "data_randomization", "shuffled labels", reference[name], maps))
+    if medtex is not None and medtex_controls:
+        masks = maps_of("medtex", medtex)
+        for check, setting, model in medtex_controls:
+            rows.append(similarity_row("medtex", check, setting, masks, maps_of("medtex", model)))
+    return rows
+
+
+def write_sanity_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SANITY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_sanity_markdown(path: Path, rows: list[dict[str, Any]], setting: str) -> None:
+    def cell(value: Any) -> str:
+        return ("n/a" if math.isnan(value) else f"{value:.3f}") if isinstance(value, float) else str(value)
+
+    lines = [
+        f"# Saliency sanity checks: {path.stem.removeprefix('saliency_sanity_')}",
+        "",
+        setting,
+        "",
+        "| " + " | ".join(SANITY_COLUMNS) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(SANITY_COLUMNS) - 3)) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(row[c]) for c in SANITY_COLUMNS) + " |" for row in rows]
+    lines += [
+        "",
+        "Similarity of each method's maps on a randomised model to its maps on the original (Adebayo et al. 2018): "
+        "SSIM and Spearman rank correlation of the min-max normalised maps, means over images. Lower is better: a "
+        f"method that explains the model changes its maps (goal: SSIM below {SSIM_GOAL}). model_randomization "
+        "settings name the teacher layer down to which every layer is re-initialised (top first); "
+        f"'{ALL_LAYERS}': every layer. data_randomization: a teacher trained on shuffled labels.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def write_sanity_plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    """SSIM and Spearman against the randomised layer (top first), one line per method; the other settings
+    ('all layers', data randomisation, MED-TEX's controls) as markers right of the dotted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(
+        dict.fromkeys(
+            r["setting"]
+            for r in rows
+            if r["check"] == "model_randomization" and r["setting"] != ALL_LAYERS and r["method"] != "medtex"
+        )
+    )
+    others = list(dict.fromkeys(r["setting"] for r in rows if r["setting"] not in layers))
+    positions = {label: i for i, label in enumerate(layers + others)}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    figure, axes = plt.subplots(1, 2, figsize=(max(8.0, 0.55 * len(positions) * 2 + 3), 4.2), squeeze=False)
+    for axis, measure, title in zip(axes[0], ("ssim", "spearman"), ("SSIM", "Spearman rank correlation")):
+        for index, method in enumerate(methods):
+            color = f"C{index}"
+            line = [r for r in rows if r["method"] == method and r["setting"] in layers]
+            if line:
+                axis.plot(
+                    [positions[r["setting"]] for r in line],
+                    [r[measure] for r in line],
+                    "o-",
+                    color=color,
+                    label=method,
+                    markersize=3,
+                )
+            points = [r for r in rows if r["method"] == method and r["setting"] in others]
+            if points:
+                axis.plot(
+                    [positions[r["setting"]] for r in points],
+                    [r[measure] for r in points],
+                    "D",
+                    color=color,
+                    label=None if line else method,
+                    markersize=5,
+                    linestyle="none",
+                )
+        if layers and others:
+            axis.axvline(len(layers) - 0.5, color="grey", linestyle=":", linewidth=1)
+        if measure == "ssim":
+            axis.axhline(SSIM_GOAL, color="black", linestyle="--", linewidth=1, label="goal: changes the maps")
+        axis.set_xticks(range(len(positions)))
+        axis.set_xticklabels(list(positions), rotation=70, ha="right", fontsize=7)
+        axis.set_ylim(-0.3, 1.05)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("randomised down to (cumulative)  |  other settings", fontsize=8)
+        axis.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def run_sanity(
+    args: argparse.Namespace,
+    parser: ConfigParser,
+    teacher: torch.nn.Module,
+    methods: dict[str, Any],
+    images: torch.Tensor,
+    device: torch.device,
+) -> None:
+    """The sanity checks the command line asks for, written as ``saliency_sanity_<task>.{csv,md,png}``."""
+    task, image_size = parser.get_parsed_content("task"), parser.get_parsed_content("image_size")
+    options = method_options(args, image_size)
+
+    def make_method(name: str, model: torch.nn.Module) -> Any:
+        return make_saliency(name, model, task=task, **options.get(name, {}))
+
+    shuffled = None
+    if args.shuffled_teacher_ckpt:
+        network = parser.get_parsed_content("teacher_def")
+        shuffled = FrozenTeacher(args.shuffled_teacher_ckpt, network=network).to(device).network
+    controls = []
+    if "medtex" in methods:
+        for check, setting, ckpt in (
+            ("model_randomization", "random teacher", args.randomized_teacher_model_ckpt),
+            ("data_randomization", "shuffled-label teacher", args.shuffled_teacher_model_ckpt),
+        ):
+            if ckpt:
+                controls.append((check, setting, load_network(parser, ckpt, device)))
+    subset = images[: args.sanity_n_images]
+    rows = sanity_rows(
+        teacher,
+        subset,
+        make_method,
+        args.methods,  # not the chance reference 'random', which is no model's map
+        cascade_methods=args.cascade_methods,
+        shuffled_teacher=shuffled,
+        medtex=methods["medtex"].model if "medtex" in methods else None,
+        medtex_controls=controls,
+        batch_size=args.batch_size,
+        device=device,
+        seed=args.seed,
+        randomize=args.sanity,
+    )
+    stem = args.out / f"saliency_sanity_{args.task_name}"
+    setting = (
+        f"{subset.shape[0]} '{args.split}' images at {image_size} px ({task}); teacher "
+        f"{parser.get_parsed_content('teacher_ckpt')}; cascading randomisation seed {args.seed}"
+        f"{f'; shuffled-label teacher {args.shuffled_teacher_ckpt}' if shuffled is not None else ''}."
+    )
+    write_sanity_csv(stem.with_suffix(".csv"), rows)
+    write_sanity_markdown(stem.with_suffix(".md"), rows, setting)
+    if rows:
+        write_sanity_plot(stem.with_suffix(".png"), rows)
+    print(f"sanity checks: {stem.resolve()}.csv, .md, .png")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -307,6 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(args.out / f"{stem}.csv", rows)
     write_markdown(args.out / f"{stem}.md", rows, setting)
     write_grid(args.out / f"{stem}.png", images[: args.n_grid], masks[: args.n_grid], grid_maps)
+    sanity = args.sanity or args.shuffled_teacher_ckpt or args.randomized_teacher_model_ckpt
+    if sanity or args.shuffled_teacher_model_ckpt:
+        run_sanity(args, parser, teacher, methods, images, device)
     report = write_html_report(args.out, args.out / "report.html", f"Saliency methods: {args.task_name}")
     print(setting)
     for suffix, what in ((".csv", "table"), (".md", "markdown table"), (".png", "map grid")):

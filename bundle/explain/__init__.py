@@ -11,6 +11,7 @@ from bundle.explain.faithfulness import (
 )
 from bundle.explain.localization import PointingGame, PointingGameMetric, pointing_game
 from bundle.explain.saliency import SALIENCY_METHODS, SaliencyMethod, make_saliency, normalize_maps
+from bundle.explain.sanity import cascading_randomization, map_similarity, mask_only_score, randomization_steps
 
 __all__ = [
     "PointingGame",
@@ -18,13 +19,17 @@ __all__ = [
     "SALIENCY_METHODS",
     "SaliencyMethod",
     "auprc",
+    "cascading_randomization",
     "causal_curves",
     "deletion_auc",
     "fidelity",
     "insertion_auc",
     "iou",
     "make_saliency",
+    "map_similarity",
+    "mask_only_score",
     "normalize_maps",
     "pointing_game",
+    "randomization_steps",
     "saliency_scores",
 ]
