@@ -350,7 +350,10 @@ def sanity_rows(
     """
     device = torch.device(device)
     post_hoc = [name for name in methods if name != "medtex"]
-    maps_of = lambda name, model: all_maps(make_method(name, model), images, batch_size, device, seed)  # noqa: E731
+
+    def maps_of(name: str, model: torch.nn.Module) -> torch.Tensor:
+        return all_maps(make_method(name, model), images, batch_size, device, seed)
+
     reference = {name: maps_of(name, teacher) for name in post_hoc}
     rows = []
     if randomize and post_hoc:

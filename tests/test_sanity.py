@@ -161,6 +161,7 @@ def test_mask_only_score_finds_masks_that_encode_the_class():
     # one-hot labels read the same
     one_hot = torch.nn.functional.one_hot(labels, 2)
     assert mask_only_score(model, half_masks(labels), one_hot, "multiclass", mean)["score"] == 1.0
+    assert mask_only_score(model, half_masks(labels), labels, "multiclass", mean.view(1, 3, 1, 1))["score"] == 1.0
 
 
 def test_mask_only_score_multilabel_is_sklearn_macro_auc_over_classes_with_both_values():

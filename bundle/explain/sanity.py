@@ -143,8 +143,8 @@ def mask_only_score(
 
     ``model`` is a ``MedTex`` (``.student``, ``.apply_mask``); ``masks`` ``(B, 1, H, W)`` are the explainer's masks
     of the images; the student reads ``apply_mask(image_mean, M)`` - one constant image for every sample (shape
-    ``(C,)`` or broadcastable to ``(C, H, W)``). ``labels``: ``(B,)`` class indices (or one-hot ``(B, C)``) for
-    ``task="multiclass"``, ``(B, C)`` binary for ``"multilabel"``.
+    ``(C,)``, ``(C, 1, 1)``, ``(C, H, W)`` or any of these with a leading 1). ``labels``: ``(B,)`` class indices
+    (or one-hot ``(B, C)``) for ``task="multiclass"``, ``(B, C)`` binary for ``"multilabel"``.
 
     Returns ``{"score", "chance", "metric"}``: accuracy against the majority-class rate (multiclass) or macro ROC AUC
     over the classes with both values present against 0.5 (multilabel). The mask is visible to the student only where
@@ -154,7 +154,7 @@ def mask_only_score(
         raise ValueError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
     batch, _, height, width = masks.shape
     mean = image_mean.to(masks)
-    mean = mean.view(-1, 1, 1) if mean.ndim == 1 else mean
+    mean = mean.view(-1, 1, 1) if mean.ndim == 1 else mean.reshape(mean.shape[-3:])  # drop a leading 1
     constant = mean.expand(mean.shape[-3], height, width).unsqueeze(0).expand(batch, -1, -1, -1)
     # nn.Module's __getattr__ types these Tensor | Module; a MedTex has both
     student: Any = getattr(model, "student")
