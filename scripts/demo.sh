@@ -13,6 +13,7 @@
 #   training and evaluation runs), STUDENT_CONFIG (none: the default DenseNet student; an overlay of
 #   configs/students/ as a path from the bundle's root, e.g. configs/students/resnet.yaml, added to every run
 #   that builds the student);
+#   N_VAL (300 central, 100 branch) and N_TEST (300) set the validation and test sets of both sites;
 #   SKIP_INSTALL=1 skips the pip installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,9 @@ N_LABELED=${N_LABELED:-100}
 N_UNLABELED=${N_UNLABELED:-200}
 EPOCHS=${EPOCHS:-20}
 SCRATCH_EPOCHS=${SCRATCH_EPOCHS:-30}
+CENTRAL_VAL=${N_VAL:-300}
+BRANCH_VAL=${N_VAL:-100}
+N_TEST=${N_TEST:-300}
 STUDENT_INIT=${STUDENT_INIT:-1}
 SEED=${SEED:-0}
 STUDENT_CONFIG=${STUDENT_CONFIG:-}
@@ -56,10 +60,10 @@ SCRATCH_EVAL="['configs/train.yaml','configs/baselines/scratch.yaml','configs/ev
 INFER="['configs/inference.yaml'$OVERLAY]"
 
 echo "== 1/7 demo data: central site (camera A, $N_TEACHER images) and branch hospital (camera B)"
-python scripts/make_demo_data.py --task fundus --out "$OUT/central_A" --n-train "$N_TEACHER" --n-val 300 \
-  --n-test 300 --size "$SIZE" --seed "$SEED" --domain A
-python scripts/make_demo_data.py --task fundus --out "$OUT/branch_B" --n-train "$N_LABELED" --n-val 100 \
-  --n-test 300 --n-unlabeled "$N_UNLABELED" --size "$SIZE" --seed "$((SEED + 1))" --domain B
+python scripts/make_demo_data.py --task fundus --out "$OUT/central_A" --n-train "$N_TEACHER" --n-val "$CENTRAL_VAL" \
+  --n-test "$N_TEST" --size "$SIZE" --seed "$SEED" --domain A
+python scripts/make_demo_data.py --task fundus --out "$OUT/branch_B" --n-train "$N_LABELED" --n-val "$BRANCH_VAL" \
+  --n-test "$N_TEST" --n-unlabeled "$N_UNLABELED" --size "$SIZE" --seed "$((SEED + 1))" --domain B
 
 echo "== 2/7 teacher: DenseNet121 on the central site's data"
 bundle training --config_file configs/train_teacher.yaml --dataset_dir "$OUT/central_A" \

@@ -16,6 +16,12 @@ from bundle.networks.teacher import load_weights
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
+# One torch thread per test process, as the tests' subprocesses already run (OMP_NUM_THREADS=1): CI runs two pytest
+# workers on two cores, and a second thread per worker only oversubscribes them; a thread that waits for a core at
+# each of DenseNet121's operations made GradCAM 7x slower on this machine, and the in-process training and benchmark
+# tests minutes slower in all. What the tests check does not depend on the thread count.
+torch.set_num_threads(1)
+
 
 def inference_network(image_size: int = 32) -> MedTex:
     """``network_def`` of configs/inference.yaml for ``image_size`` (the tests' 32 px: the explainer's default scale

@@ -22,6 +22,8 @@ TOY = {
     "N_UNLABELED": "10",
     "EPOCHS": "1",
     "SCRATCH_EPOCHS": "1",
+    "N_VAL": "20",  # not the 300 + 100 validation and 300 + 300 test images every run would otherwise go through
+    "N_TEST": "30",  # more than the 12 images inference is given
     "SKIP_INSTALL": "1",
     "EXTRA_ARGS": "--preflight False",  # toy sizes lack some classes
     "OMP_NUM_THREADS": "1",
