@@ -1,0 +1,116 @@
+"""scripts/explainer_study.py's tables, checked against the networks called directly on the same test images."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from bundle.datasets.demo import generate_demo_data
+from bundle.explain import map_similarity, pointing_game
+from scripts import explainer_study
+from scripts.learning_curves.rows import append_row
+
+SIZE = 32
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A study folder as learning_curve.py leaves it: local data, a teacher, two seeds of two variants, the CSV."""
+    out = tmp_path_factory.mktemp("study")
+    generate_demo_data(
+        "fundus", out / "data" / "fundus_local_B", n_train=4, n_val=2, n_test=10, size=SIZE, seed=0, domain="B"
+    )
+    args = explainer_study.parse_args(
+        ["--task", "fundus", "--out", str(out), "--image-size", str(SIZE), "--seeds", "0", "1", "--n-images", "6"]
+        + ["--variants", "medtex", "explainer_hard_gate", "--target-layer", "features.denseblock2", "--skip-training"]
+    )
+    variants = {k: v for k, v in explainer_study.explainer_variants().items() if k in args.variants}
+    models = out / "models" / "fundus"
+    parser = explainer_study.run_config(args, [])
+    torch.manual_seed(0)
+    models.mkdir(parents=True)
+    torch.save(parser.get_parsed_content("teacher_def").state_dict(), models / "teacher.pt")
+    for method, files in variants.items():
+        for seed in args.seeds:
+            torch.manual_seed(seed + 10)
+            network = explainer_study.run_config(args, files).get_parsed_content("network_def")
+            (models / method / f"n100_seed{seed}").mkdir(parents=True)
+            torch.save(network.state_dict(), models / method / f"n100_seed{seed}" / "model.pt")
+            row = {"task": "fundus", "method": method, "n_labeled": 100, "seed": seed, "auc": 0.5 + 0.1 * seed}
+            append_row(out / "learning_curve_fundus.csv", {**row, "train_seconds": 10.0 + seed})
+    assert explainer_study.report(args, variants, {}) == 0
+    return args, variants
+
+
+def test_seed_rows_hold_the_pointing_game_and_seed_similarity_of_the_networks_called_directly(study):
+    args, variants = study
+    parser = explainer_study.run_config(args, [])
+    images, masks, _ = explainer_study.test_images(parser, args.n_images)
+    maps = {}
+    for seed in args.seeds:
+        network = explainer_study.run_config(args, variants["explainer_hard_gate"]).get_parsed_content("network_def")
+        network.load_state_dict(
+            torch.load(args.out / "models/fundus/explainer_hard_gate" / f"n100_seed{seed}/model.pt")
+        )
+        with torch.no_grad():
+            maps[seed] = network.eval().explain(images)[1]
+    table = {(r["method"], r["seed"]): r for r in rows(args.results / "saliency_seeds_fundus.csv")}
+    assert set(table) == {
+        ("medtex", "0"),
+        ("medtex", "1"),
+        ("explainer_hard_gate", "0"),
+        ("explainer_hard_gate", "1"),
+    } | {
+        ("gradcam", ""),
+        ("occlusion", ""),
+    }
+    for seed in args.seeds:
+        row = table[("explainer_hard_gate", str(seed))]
+        hits = pointing_game(maps[seed], masks)
+        assert float(row["pointing_game"]) == pytest.approx(float(hits[~hits.isnan()].mean()), abs=1e-4)
+        assert float(row["student_auc"]) == pytest.approx(0.5 + 0.1 * seed)
+        assert row["code_version"]
+    similarity = map_similarity(maps[0], maps[1])
+    for seed in args.seeds:  # two seeds: each one's similarity to the other is the same pair
+        row = table[("explainer_hard_gate", str(seed))]
+        assert float(row["ssim_to_other_seeds"]) == pytest.approx(float(similarity["ssim"].mean()), abs=1e-4)
+
+
+def test_ablation_rows_are_means_and_worst_seed_of_the_seed_rows_and_the_outputs_exist(study):
+    args, _ = study
+    seeds = rows(args.results / "saliency_seeds_fundus.csv")
+    ablation = {r["method"]: r for r in rows(args.results / f"explainer_ablation_fundus_{SIZE}px.csv")}
+    assert list(ablation) == ["medtex", "explainer_hard_gate"]
+    for method, row in ablation.items():
+        values = [float(r["pointing_game"]) for r in seeds if r["method"] == method]
+        assert int(row["n_seeds"]) == 2
+        assert float(row["pointing_game_worst"]) == pytest.approx(min(values), abs=1e-4)
+        assert float(row["pointing_game_mean"]) == pytest.approx(sum(values) / 2, abs=1e-4)
+        assert float(row["student_auc_mean"]) == pytest.approx(0.55) and float(row["train_seconds_mean"]) == 10.5
+    markdown = (args.results / f"explainer_ablation_fundus_{SIZE}px.md").read_text()
+    assert "| explainer_hard_gate | 2 |" in markdown and "goals met" in markdown
+    assert (args.results / "saliency_seeds_fundus.png").stat().st_size > 10_000
+    report = (args.results / "report.html").read_text()
+    assert "saliency_seeds_fundus" in report and report.count("data:image/png;base64") >= 1
+
+
+def test_the_worst_seed_is_the_lowest_pointing_game_and_nan_scores_are_left_out_of_means():
+    base = {"task": "cxr", "image_size": 64, "method": "explainer_deletion", "student_auc": 0.8, "train_seconds": 5.0}
+    scores = {"deletion_auc": 0.2, "insertion_auc": 0.4, "fidelity": 0.7, "ssim_to_other_seeds": 0.5}
+    scores.update(spearman_to_other_seeds=0.4, mask_only_score=0.5, mask_kept_fraction=0.3)
+    seed_rows = [
+        {**base, **scores, "seed": 0, "pointing_game": 0.5},
+        {**base, **scores, "seed": 1, "pointing_game": 0.2, "deletion_auc": float("nan"), "student_auc": 0.7},
+    ]
+    (row,) = explainer_study.ablation_rows(seed_rows, "abc")
+    assert row["pointing_game_worst"] == 0.2 and row["pointing_game_mean"] == pytest.approx(0.35)
+    assert row["deletion_auc_mean"] == 0.2  # the NaN seed left out
+    assert row["student_auc_mean"] == pytest.approx(0.75) and row["student_auc_sd"] == pytest.approx(0.0707, abs=1e-4)
