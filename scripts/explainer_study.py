@@ -442,7 +442,9 @@ def write_sanity(
         return model.eval()
 
     shuffled_ckpt = args.out / "models" / args.task / "teacher_shuffled_labels.pt"
-    shuffled = FrozenTeacher(shuffled_ckpt, network=parser.get_parsed_content("teacher_def"), bf16=False).network.eval()
+    shuffled = FrozenTeacher(
+        shuffled_ckpt, network=parser.get_parsed_content("teacher_def", lazy=False), bf16=False
+    ).network.eval()
     post_hoc = [name for name in SALIENCY_METHODS if name != "medtex"]
     subset = images[: args.sanity_n_images]
     rows = sanity_rows(teacher, subset, make_method, post_hoc, shuffled_teacher=shuffled, seed=seed)
