@@ -22,8 +22,10 @@ labelled-set size, ``--n-labeled``; resumable: finished runs are kept), then rea
 
 Written to ``--results`` (default ``<out>/results``): ``explainer_ablation_<task>_<size>px.{csv,md}`` (one row per
 variant: means and worst seed; goals checked against GradCAM and occlusion on the same teacher and chance),
-``saliency_seeds_<task>.{csv,png}`` (one row per variant and seed; the picture: test images with the lesion outline,
-the variant's mask for each seed, GradCAM and occlusion), ``saliency_sanity_<task>.{csv,md,png}`` and report.html.
+``explainer_tradeoff_<task>_<size>px.png`` (pointing game against student AUC and mask size, one point per variant
+and seed, the goals drawn in), ``saliency_seeds_<task>.{csv,png}`` (one row per variant and seed; the picture: test
+images with the lesion outline, the variant's mask for each seed, GradCAM and occlusion),
+``saliency_sanity_<task>.{csv,md,png}`` and report.html.
 Every row records the code version (git commit) that made it.
 """
 
@@ -388,6 +390,7 @@ def report(args: argparse.Namespace, variants: dict[str, list[str]], sanity: dic
     write_ablation_markdown(
         args.results / f"explainer_ablation_{stem_size}.md", ablation, references, chance, args, seed_rows
     )
+    write_tradeoff_plot(args.results / f"explainer_tradeoff_{stem_size}.png", seed_rows, chance)
     grid_variant = args.sanity_variant if args.sanity_variant in runs else next(iter(runs), None)
     if grid_variant is not None:
         write_seed_grid(
@@ -597,6 +600,39 @@ def write_ablation_markdown(
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def write_tradeoff_plot(path: Path, seed_rows: list[dict[str, Any]], chance: float) -> None:
+    """Where no variant meets every goal, the trade-offs between them: one point per variant and seed, pointing game
+    against the student's test AUC and against the share of the image the mask keeps, with the goals drawn in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in seed_rows if r["seed"] != ""]
+    references = {r["method"]: r for r in seed_rows if r["seed"] == ""}
+    default_auc = [r["student_auc"] for r in runs if r["method"] == DEFAULT]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, (column, label) in zip(
+        axes, [("student_auc", "student test AUC"), ("mask_kept_fraction", "share of the image the mask keeps")]
+    ):
+        for index, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
+            points = [(r["pointing_game"], r[column]) for r in runs if r["method"] == method]
+            axis.scatter(*zip(*points), label=method, color=f"C{index}", marker="o" if method == DEFAULT else "^")
+        axis.axvline(3 * chance, color="grey", linestyle=":", label="goal: 3x chance (worst seed)")
+        if "occlusion" in references:
+            axis.axvline(references["occlusion"]["pointing_game"], color="black", linestyle="--", label="occlusion")
+        if column == "student_auc" and default_auc:
+            axis.axhline(statistics.fmean(default_auc) - 0.01, color="grey", linestyle="-.", label="default AUC - 0.01")
+        axis.set_xlabel("pointing game on the teacher (higher is better)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    figure.suptitle("Explainer variants: one point per seed", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def outline(mask: torch.Tensor) -> torch.Tensor:

@@ -98,6 +98,7 @@ def test_ablation_rows_are_means_and_worst_seed_of_the_seed_rows_and_the_outputs
     markdown = (args.results / f"explainer_ablation_fundus_{SIZE}px.md").read_text()
     assert "| explainer_hard_gate | 2 |" in markdown and "goals met" in markdown
     assert (args.results / "saliency_seeds_fundus.png").stat().st_size > 10_000
+    assert (args.results / f"explainer_tradeoff_fundus_{SIZE}px.png").stat().st_size > 10_000
     report = (args.results / "report.html").read_text()
     assert "saliency_seeds_fundus" in report and report.count("data:image/png;base64") >= 1
 

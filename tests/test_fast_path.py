@@ -157,7 +157,7 @@ def test_precomputed_teacher_outputs_give_the_same_losses_with_one_teacher_pass_
         losses[name] = loss_terms(trainer._iteration(trainer, this_batch))  # decollated: per item, same values
         losses[name + "_passes"] = len(teacher_passes)
     assert losses["online_passes"] == 2 and losses["precomputed_passes"] == 1  # the masked image's pass stays
-    assert len(losses["online"]) == 6 and losses["online"]["loss_kd"] > 0 and losses["online"]["loss_vid"] != 0
+    assert len(losses["online"]) == 7 and losses["online"]["loss_kd"] > 0 and losses["online"]["loss_vid"] != 0
     for key, value in losses["online"].items():
         assert losses["precomputed"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
