@@ -29,6 +29,20 @@ def student_ckpt(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def generic_ckpts(tmp_path_factory) -> dict[str, Path]:
+    """Networks as scripts/pretrain_generic.py saves them: pretrained on a 10-class generic set (another head)."""
+    torch.manual_seed(3)
+    folder = tmp_path_factory.mktemp("generic")
+    networks = {
+        "student": MedTex(Student(in_channels=3, out_channels=10)),
+        "teacher": DenseNet121(spatial_dims=2, in_channels=3, out_channels=10),
+    }
+    for name, network in networks.items():
+        torch.save({"model": network.state_dict()}, folder / f"generic_{name}.pt")
+    return {name: folder / f"generic_{name}.pt" for name in networks}
+
+
 def workflow(configs: list[str], tmp: Path, data: Path, **override) -> ConfigWorkflow:
     files = [str(ROOT / "configs" / c) for c in configs]
     where = {"dataset_dir": str(data), "output_dir": str(tmp / "run"), "ckpt_dir": str(tmp / "models")}
@@ -46,8 +60,10 @@ def assert_same(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
 
 
 @pytest.mark.parametrize("baseline", BASELINES)
-def test_baseline_parses(baseline, tmp_path, data, teacher_ckpt, student_ckpt):
+def test_baseline_parses(baseline, tmp_path, data, teacher_ckpt, student_ckpt, generic_ckpts):
     init = {"init_ckpt": str(student_ckpt)} if baseline in ("transfer_student", "medtex_from_source") else {}
+    if baseline.startswith("transfer_generic_"):
+        init = {"init_ckpt": str(generic_ckpts[baseline.rsplit("_", 1)[1]])}
     configs = ["train.yaml", f"baselines/{baseline}.yaml"]
     train = workflow(configs, tmp_path, data, teacher_ckpt=str(teacher_ckpt), **init)
     train.initialize()
@@ -160,6 +176,51 @@ def test_init_submodule_that_does_not_exist_is_a_clear_error(tmp_path, data, tea
     )
     with pytest.raises(SystemExit, match="init_submodule.*no part named 'x'"):
         wf.initialize()
+
+
+@pytest.mark.parametrize("part", ["student", "teacher"])
+def test_transfer_generic_loads_all_but_the_head_which_stays_random(part, tmp_path, data, generic_ckpts):
+    """A 10-class generic network into a 5-class local one: every weight but the head's as in the file, the head as a
+    random initialisation with the same seed makes it (the init step changes nothing there)."""
+    configs = ["train.yaml", f"baselines/transfer_generic_{part}.yaml"]
+    before = workflow(configs, tmp_path / "random", data, init_ckpt=None)
+    before.initialize()
+    random_head = {
+        k: v.clone() for k, v in before.parser.get_parsed_content("network").state_dict().items() if "class_layers" in k
+    }
+    wf = workflow(configs, tmp_path, data, init_ckpt=str(generic_ckpts[part]))
+    wf.initialize()
+    state = wf.parser.get_parsed_content("network").state_dict()
+    source = weights(generic_ckpts[part])
+    head = [k for k in state if "class_layers.out." in k]
+    assert len(head) == 2 and all(state[k].shape[0] == 5 and source[k].shape[0] == 10 for k in head)
+    assert all(torch.equal(state[k].cpu(), random_head[k]) for k in head)
+    body = [k for k in state if k not in head]
+    assert len(body) > 100 and all(torch.equal(state[k].cpu(), source[k]) for k in body)
+
+
+def test_init_key_map_loads_another_librarys_names_and_exclude_that_matches_nothing_is_an_error(tmp_path, data):
+    """torchvision's DenseNet121 names (no ``.layers.`` in dense layers, head ``classifier``) into teacher_def."""
+    torch.manual_seed(4)
+    monai_state = DenseNet121(spatial_dims=2, in_channels=3, out_channels=1000).state_dict()
+    torchvision_state = {
+        k.replace(".layers.", ".").replace("class_layers.out.", "classifier."): v for k, v in monai_state.items()
+    }
+    path = tmp_path / "densenet121_imagenet.pt"
+    torch.save(torchvision_state, path)
+    configs = ["train.yaml", "baselines/transfer_generic_teacher.yaml"]
+    key_map = [[r"^(features\.denseblock\d+\.denselayer\d+)\.", r"\1.layers."]]
+    wf = workflow(configs, tmp_path, data, init_ckpt=str(path), init_key_map=key_map)
+    wf.initialize()
+    state = wf.parser.get_parsed_content("network").state_dict()
+    assert all(torch.equal(state[k].cpu(), v) for k, v in monai_state.items() if "class_layers" not in k)
+    unmapped = workflow(configs, tmp_path / "unmapped", data, init_ckpt=str(path))
+    with pytest.raises(SystemExit, match="weights missing from the file"):
+        unmapped.initialize()
+    nothing = workflow(configs, tmp_path / "nothing", data, init_ckpt=str(path), init_key_map=key_map)
+    nothing.parser["init_exclude"] = "no_such_layer"
+    with pytest.raises(SystemExit, match="init_exclude.*matches no weight"):
+        nothing.initialize()
 
 
 def test_medtex_default_has_no_initial_weights(tmp_path, data, teacher_ckpt):
