@@ -47,6 +47,7 @@ from .common import (
     CXR_PREVALENCE,
     DOMAINS,
     FUNDUS_CLASSES,
+    RNG_STREAMS,
     SPLIT_PREFIX,
     TASKS,
     UID_ROOT,
@@ -56,21 +57,26 @@ from .common import (
 from .cxr import synth_cxr, write_cxr_dicom
 from .fundus import synth_fundus
 from .generate import demo_sample, generate_demo_data, save_png
+from .shapes import GENERIC_CLASSES, generate_generic_data, synth_generic
 
 __all__ = [
     "CXR_CLASSES",
     "CXR_PREVALENCE",
     "DOMAINS",
     "FUNDUS_CLASSES",
+    "GENERIC_CLASSES",
+    "RNG_STREAMS",
     "SPLIT_PREFIX",
     "TASKS",
     "UID_ROOT",
     "DemoSample",
     "demo_sample",
     "generate_demo_data",
+    "generate_generic_data",
     "sample_rng",
     "save_png",
     "synth_cxr",
     "synth_fundus",
+    "synth_generic",
     "write_cxr_dicom",
 ]

@@ -20,6 +20,11 @@ CXR_PREVALENCE = 0.33
 TASKS = ("fundus", "cxr")
 
 
+# Seed streams of :func:`sample_rng`: the demo tasks, then the generic pretraining set (``shapes.py``). Appended, so
+# the fundus and chest X-ray images keep their seeds.
+RNG_STREAMS = (*TASKS, "generic")
+
+
 DOMAINS = ("A", "B")
 
 
@@ -46,8 +51,11 @@ class DemoSample:
 
 
 def sample_rng(seed: int, task: str, domain: str, split: str, index: int) -> np.random.Generator:
-    """Return the generator of one image; it depends only on its arguments (not on the split sizes)."""
-    key = [int(seed), TASKS.index(task), DOMAINS.index(domain), list(SPLIT_PREFIX).index(split), int(index)]
+    """Return the generator of one image; it depends only on its arguments (not on the split sizes).
+
+    ``task`` is one of :data:`RNG_STREAMS` (a demo task or ``"generic"``).
+    """
+    key = [int(seed), RNG_STREAMS.index(task), DOMAINS.index(domain), list(SPLIT_PREFIX).index(split), int(index)]
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
