@@ -9,7 +9,9 @@ For each size and seed the labelled set is a seeded, class-stratified subset of 
 becomes unlabelled (bundle.data.splits.select_labeled); methods that use unlabelled images (MED-TEX, KD, VID) see it.
 The teacher is trained once (configs/train_teacher.yaml) unless ``--teacher-ckpt`` is given; ``transfer_student``
 and ``medtex_from_source`` start from a student trained once on the teacher's data with configs/baselines/scratch.yaml
-(``--source-student-ckpt`` gives one instead). Every run is a
+(``--source-student-ckpt`` gives one instead); ``transfer_generic_student`` and ``transfer_generic_teacher`` start
+from networks pretrained once on the generic set (scripts/pretrain_generic.py, ``--n-generic`` images for
+``--generic-epochs``; ``--generic-student-ckpt`` / ``--generic-teacher-ckpt`` give your own). Every run is a
 ``python -m monai.bundle run training`` then ``evaluating`` (configs/evaluate.yaml) subprocess whose log is kept in
 ``<out>/logs``; a run that fails is reported and the others go on. Methods: ``medtex`` (configs/train.yaml as is),
 every ``configs/baselines/<name>.yaml`` by its name, and ``teacher`` (the teacher evaluated on the local test set,
@@ -43,6 +45,7 @@ from bundle.datasets.demo import DOMAINS, TASKS  # noqa: E402
 from bundle.report import write_html_report  # noqa: E402
 from scripts.learning_curves.experiment import Experiment, say  # noqa: E402
 from scripts.learning_curves.methods import (  # noqa: E402
+    FROM_GENERIC,
     FROM_SOURCE,
     MEDTEX,
     TEACHER,
@@ -105,6 +108,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--source-student-ckpt", type=Path, help="source-domain student for transfer_student and medtex_from_source"
     )
+    parser.add_argument(
+        "--generic-student-ckpt", type=Path, help="a generically pretrained student for transfer_generic_student"
+    )
+    parser.add_argument(
+        "--generic-teacher-ckpt",
+        type=Path,
+        help="a generically pretrained teacher_def for transfer_generic_teacher (e.g. ImageNet weights you have)",
+    )
+    parser.add_argument(
+        "--n-generic", type=int, default=5000, help="generic images to pretrain on when none is given (default 5000)"
+    )
+    parser.add_argument("--generic-epochs", type=int, default=10, help="epochs of that pretraining (default 10)")
     parser.add_argument("--batch-size", type=int, help="bundle batch_size (default: the configs')")
     parser.add_argument("--num-workers", type=int, help="bundle num_workers (default: the configs')")
     parser.add_argument(
@@ -158,7 +173,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.sizes = sorted(set(args.sizes))
     args.seeds = sorted(set(args.seeds))
     args.methods = list(dict.fromkeys(args.methods))
-    for name in ("teacher_ckpt", "source_student_ckpt"):
+    for name in ("teacher_ckpt", "source_student_ckpt", "generic_student_ckpt", "generic_teacher_ckpt"):
         path = getattr(args, name)
         if path is not None and not path.is_file():
             parser.error(f"--{name.replace('_', '-')} {path}: no such file")
@@ -200,9 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         exp.make_data(teacher_site=(needs_teacher and args.teacher_ckpt is None) or needs_source)
         teacher_ok = exp.teacher() if needs_teacher else True
         source_ok = exp.source_student() if needs_source else True
+        generic_ok = {part: exp.generic(part) for part in {FROM_GENERIC[m] for m, _, _ in todo if m in FROM_GENERIC}}
         runnable = []
         for method, size, seed in todo:
-            if (method not in WITHOUT_TEACHER and not teacher_ok) or (method in FROM_SOURCE and not source_ok):
+            if (
+                (method not in WITHOUT_TEACHER and not teacher_ok)
+                or (method in FROM_SOURCE and not source_ok)
+                or (method in FROM_GENERIC and not generic_ok[FROM_GENERIC[method]])
+            ):
                 exp.failures.append(f"{method} n{size}_seed{seed}: skipped, its teacher/source student failed")
             else:
                 runnable.append((method, size, seed))
@@ -239,6 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"plus {a.n_unlabeled} unlabelled, {a.n_val} validation and {a.n_test} test images; "
         f"{a.image_size} px, {a.epochs} epochs per run. Metrics on the local test set."
     )
+    if any(m in FROM_GENERIC for m in methods):
+        pretrained = (
+            f"pretrained on {a.n_generic} generic images for {a.generic_epochs} epochs (scripts/pretrain_generic.py)"
+        )
+        given = [part for part in ("student", "teacher") if getattr(a, f"generic_{part}_ckpt")]
+        context += f" transfer_generic_*: {pretrained}" + (f", the {' and '.join(given)} given" if given else "")
+        context += "; heads left random, fine-tuned on the local labels."
     outputs = [exp.csv_path, exp.out / f"{exp.stem}.png", exp.out / f"{exp.stem}.md", exp.meta_path]
     write_markdown(outputs[2], rows, methods, context)
     title = f"{a.task}: teacher domain {a.teacher_domain} -> local domain {a.student_domain}, {a.image_size} px"

@@ -22,7 +22,7 @@ from bundle.datasets.demo import generate_demo_data  # noqa: E402
 from bundle.files import file_sha256  # noqa: E402
 from bundle.provenance import command_line, device_name, git_commit, package_version, portable_path
 
-from .methods import DATASET_CONFIGS, FROM_SOURCE, MEDTEX, ROOT, TEACHER, available_methods
+from .methods import DATASET_CONFIGS, FROM_GENERIC, FROM_SOURCE, MEDTEX, ROOT, TEACHER, available_methods, task_channels
 from .rows import read_rows
 
 # settings that must not change between invocations on the same --out (they change what a finished run means)
@@ -69,6 +69,14 @@ class Experiment:
             if args.source_student_ckpt
             else self.work["models"] / "source_student" / "source_student.pt"
         )
+        self.generic_ckpts = {
+            part: (
+                given.resolve()
+                if (given := getattr(args, f"generic_{part}_ckpt", None))
+                else self.work["models"] / "generic" / f"generic_{part}.pt"
+            )
+            for part in ("student", "teacher")
+        }
         self.failures: list[str] = []
         self.argv: list[str] = []  # the command-line arguments, for the provenance record
 
@@ -90,6 +98,10 @@ class Experiment:
             "data_seed": a.data_seed,
             "teacher_ckpt": portable_path(a.teacher_ckpt) if a.teacher_ckpt else None,
             "source_student_ckpt": portable_path(a.source_student_ckpt) if a.source_student_ckpt else None,
+            "n_generic": a.n_generic,  # the generic pretraining (transfer_generic_*), when one runs
+            "generic_epochs": a.generic_epochs,
+            "generic_student_ckpt": portable_path(a.generic_student_ckpt) if a.generic_student_ckpt else None,
+            "generic_teacher_ckpt": portable_path(a.generic_teacher_ckpt) if a.generic_teacher_ckpt else None,
             "overrides": self.overrides(),
             "teacher_overrides": self.overrides(teacher=True),  # provenance: the teacher is trained once per --out
         }
@@ -293,6 +305,30 @@ class Experiment:
             return self.same_weights("source_student", self.source_ckpt)
         return self.train_once("source_student", self.configs("scratch"), self.source_ckpt)
 
+    def generic(self, part: str) -> bool:
+        """The network ``part`` (student, teacher) pretrained on the generic set: given, or pretrained once here by
+        scripts/pretrain_generic.py at this curve's image size; whether it is there and the one the runs used."""
+        ckpt = self.generic_ckpts[part]
+        if getattr(self.args, f"generic_{part}_ckpt") is None and not ckpt.is_file():
+            from scripts import pretrain_generic
+
+            a = self.args
+            argv = ["--out", str(ckpt.parent), "--work", str(self.out / "generic_pretraining" / self.task)]
+            argv += ["--in-channels", str(task_channels(self.task)), "--networks", part, "--seed", str(a.data_seed)]
+            argv += ["--n-train", str(a.n_generic), "--n-val", str(max(50, a.n_generic // 10))]
+            argv += ["--image-size", str(a.image_size), "--epochs", str(a.generic_epochs)]
+            for key in ("batch_size", "num_workers"):
+                if getattr(a, key) is not None:
+                    argv += [f"--{key.replace('_', '-')}", str(getattr(a, key))]
+            say(f"pretraining the generic {part} (scripts/pretrain_generic.py {' '.join(argv)})")
+            try:
+                pretrain_generic.main(argv)
+            except SystemExit as e:
+                self.failures.append(f"generic_{part}: {e}")
+                say(f"FAILED: {e}")
+                return False
+        return self.same_weights(f"generic_{part}", ckpt)
+
     # --- runs -----------------------------------------------------------------------------------------------------
 
     def own_teacher(self, method: str) -> bool:
@@ -325,6 +361,8 @@ class Experiment:
         done = run_dir / "train.done.json"
         if not done.is_file():
             init = ["--init_ckpt", str(self.source_ckpt)] if method in FROM_SOURCE else []
+            if method in FROM_GENERIC:
+                init = ["--init_ckpt", str(self.generic_ckpts[FROM_GENERIC[method]])]
             ok, seconds = self.bundle(
                 "training",
                 self.configs(method),
