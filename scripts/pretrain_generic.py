@@ -91,7 +91,9 @@ def generic_data(args: argparse.Namespace) -> tuple[Path, Path]:
 def pretrain(args: argparse.Namespace, network: str, data: Path, evaluation: Path) -> dict[str, Any]:
     """Train (unless done) and evaluate one network; its record for generic_pretraining.json."""
     ckpt = args.out / f"generic_{network}.pt"
-    run_dir, log = args.work / "runs" / f"{network}_{args.in_channels}ch", args.work / "logs" / f"{network}.log"
+    # one run folder per data set and channels: a run resumes only on the data it started with
+    run_dir = args.work / "runs" / f"{network}_{args.in_channels}ch_{data.name}"
+    log = args.work / "logs" / f"{network}.log"
     common = ["--dataset_dir", str(data), "--num_classes", str(len(GENERIC_CLASSES))]
     common += ["--in_channels", str(args.in_channels), "--image_size", str(args.image_size), "--preflight", "False"]
     common += ["--seed", str(args.seed)]
@@ -107,7 +109,7 @@ def pretrain(args: argparse.Namespace, network: str, data: Path, evaluation: Pat
             raise SystemExit(f"the {network}'s pretraining failed: see {log}")
         run_dir.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}) + "\n")
-    eval_dir = args.work / "eval" / f"{network}_{args.in_channels}ch"
+    eval_dir = args.work / "eval" / run_dir.name
     if not (eval_dir / "metrics.csv").is_file():
         # as scripts/learning_curve.py evaluates them: the student by its training configs, the teacher as teacher_def
         configs = [*RECIPES["student"], "configs/evaluate.yaml"] if network == "student" else []
