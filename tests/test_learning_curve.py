@@ -162,6 +162,10 @@ def test_paired_differences_compare_the_same_labelled_sets_and_seeds(tmp_path):
     # mean +0.030, sample sd of (0.04, -0.01, 0.06) = 0.036, medtex higher on 2 of 3 seeds
     assert "| medtex - kd | +0.030 ± 0.036 (2/3) |  |" in md
     assert "medtex - scratch" not in md  # pairs without runs are left out
+    generic = [*(row("transfer_generic_student", 25, s, a) for s, a in ((0, 0.70), (1, 0.66), (2, 0.62)))]
+    render.write_markdown(path, [*rows, *generic], ["kd", "medtex", "transfer_generic_student"], "context")
+    # medtex - transfer_generic_student: (-0.06, +0.03, +0.09): mean +0.020, sd 0.0755, medtex higher on 2 of 3
+    assert "| medtex - transfer_generic_student | +0.020 ± 0.075 (2/3) |  |" in path.read_text()
 
 
 def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):

@@ -19,6 +19,12 @@ PAIRS = (
     ("medtex", "transfer_student"),
     ("medtex_from_source", "transfer_student"),
     ("medtex_from_source", "medtex"),
+    # the seed papers' claim against transfer learning as they ran it: generic pretraining (ImageNet's role)
+    ("transfer_generic_student", "scratch"),
+    ("medtex", "transfer_generic_student"),
+    ("medtex", "transfer_generic_teacher"),
+    ("kd", "transfer_generic_student"),
+    ("transfer_student", "transfer_generic_student"),
 )
 
 
