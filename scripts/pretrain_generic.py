@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from bundle.data.datalist import load_datalist, read_datalist_info, save_datalist  # noqa: E402
 from bundle.datasets.demo import GENERIC_CLASSES, generate_generic_data  # noqa: E402
 from bundle.files import file_sha256  # noqa: E402
-from bundle.provenance import command_line, device_name, git_commit, portable_path  # noqa: E402
+from bundle.provenance import device_name, git_commit, portable_path  # noqa: E402
+from scripts.learning_curves.experiment import config_list, run_bundle  # noqa: E402
 
 RECIPES = {  # network -> the configs it is trained with (the same as the local baselines that start from it)
     "student": ["configs/train.yaml", "configs/baselines/scratch.yaml"],
@@ -60,18 +58,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if min(args.n_train, args.n_val) < 1 or args.epochs < 1:
         parser.error("--n-train, --n-val and --epochs must be at least 1")
     return args
-
-
-def bundle_run(workflow: str, configs: Sequence[str], log: Path, overrides: Sequence[str]) -> bool:
-    """One ``python -m monai.bundle run`` from the bundle root, its output appended to ``log``; whether it succeeded."""
-    config = "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", config, *overrides]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write(f"\n$ {command_line(command)}\n")
-        f.flush()
-        return subprocess.run(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode == 0
 
 
 def generic_data(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -103,12 +89,14 @@ def pretrain(args: argparse.Namespace, network: str, data: Path, evaluation: Pat
     done = run_dir / "pretrain.done.json"
     if not (done.is_file() and ckpt.is_file()):
         print(f"pretraining the {network} ({args.epochs} epochs; log: {log})")
-        start = time.perf_counter()
         where = ["--output_dir", str(run_dir), "--ckpt_dir", str(args.out), "--ckpt_name", ckpt.name]
-        if not bundle_run("training", RECIPES[network], log, [*common, *where, "--max_epochs", str(args.epochs)]):
+        ok, seconds = run_bundle(
+            "training", config_list(RECIPES[network]), log, [*common, *where, "--max_epochs", str(args.epochs)]
+        )
+        if not ok:
             raise SystemExit(f"the {network}'s pretraining failed: see {log}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}) + "\n")
+        done.write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
     eval_dir = args.work / "eval" / run_dir.name
     if not (eval_dir / "metrics.csv").is_file():
         # as scripts/learning_curve.py evaluates them: the student by its training configs, the teacher as teacher_def
@@ -118,7 +106,7 @@ def pretrain(args: argparse.Namespace, network: str, data: Path, evaluation: Pat
         overrides += ["--output_dir", str(eval_dir), "--saliency_metrics", "False"]
         if network == "teacher":
             overrides += ["--network_def", "@teacher_def"]
-        if not bundle_run("evaluating", configs, log, [*common, *overrides]):
+        if not run_bundle("evaluating", config_list(configs), log, [*common, *overrides])[0]:
             raise SystemExit(f"the {network}'s evaluation failed: see {log}")
     with open(eval_dir / "metrics.csv") as f:
         metrics = {row[0]: row[1] for row in csv.reader(f) if len(row) >= 2}

@@ -185,16 +185,7 @@ class Experiment:
 
     def bundle(self, workflow: str, config: str, log: Path, *overrides: str) -> tuple[bool, float]:
         """Run one ``python -m monai.bundle run`` in a subprocess, appending its output to ``log``."""
-        command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", config, *overrides]
-        command += self.overrides(teacher="train_teacher.yaml" in config)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        log.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with open(log, "a") as f:
-            f.write(f"\n$ {command_line(command)}\n")  # to copy and paste, from the bundle root
-            f.flush()
-            result = subprocess.run(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-        return result.returncode == 0, time.perf_counter() - start
+        return run_bundle(workflow, config, log, [*overrides, *self.overrides(teacher="train_teacher.yaml" in config)])
 
     # --- data -------------------------------------------------------------------------------------------------
 
@@ -456,6 +447,20 @@ class Experiment:
         self.failures.append(f"{method} {name}: {stage} failed, see {log}")
         say(f"FAILED: {method} {name} ({stage}), see {log}")
         return None
+
+
+def run_bundle(workflow: str, config: str, log: Path, overrides: Sequence[str]) -> tuple[bool, float]:
+    """``python -m monai.bundle run WORKFLOW --config_file CONFIG OVERRIDES`` from the bundle root in a subprocess, its
+    command line and output appended to ``log``; whether it succeeded, and its seconds."""
+    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", config, *overrides]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"\n$ {command_line(command)}\n")  # to copy and paste, from the bundle root
+        f.flush()
+        result = subprocess.run(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    return result.returncode == 0, time.perf_counter() - start
 
 
 def config_list(files: Sequence[str]) -> str:
