@@ -28,7 +28,7 @@ def read_metrics(path: Path) -> dict[str, float]:
 
 def count_weights(path: Path) -> int:
     """Number of learned parameters in a state dict: buffers excluded (batch-norm statistics, and the explainer's
-    scale settings ``input_scale`` and ``input_unshuffle`` and its ``input_hard_gate``, saved so that inference can
+    scale settings ``input_scale`` and ``input_unshuffle`` and its ``input_hard_gate`` and ``input_keep_fraction``, saved so that inference can
     check them)."""
     buffers = (
         "running_mean",
@@ -37,6 +37,7 @@ def count_weights(path: Path) -> int:
         "input_scale",
         "input_unshuffle",
         "input_hard_gate",
+        "input_keep_fraction",
     )
     return int(sum(v.numel() for k, v in load_weights(path).items() if not k.endswith(buffers)))
 

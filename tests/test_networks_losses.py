@@ -177,6 +177,39 @@ def test_gate_is_saved_with_the_weights_and_a_mismatch_is_refused_naming_the_key
         MedTex(student, gate="binary")
 
 
+def test_topk_gate_keeps_exactly_the_budget_of_highest_pixels_and_deletion_removes_that_region():
+    """The top-k gate keeps round(0.1 * 1024) = 102 pixels per image, those with the highest M (checked against a sort),
+    in training and evaluation alike, with straight-through gradients; ``remove_region`` keeps the other 922 (not the
+    top-k of 1 - M, which would be the least salient ones); TorchScript gives the same; the fraction is saved and a
+    mismatch is refused naming the key."""
+    torch.manual_seed(0)
+    student = Student(in_channels=1, out_channels=2, init_features=8, growth_rate=4, block_config=(1, 1))
+    model = MedTex(student, Explainer(in_channels=1, features=(4, 4, 4, 8, 8, 4)), gate="topk", keep_fraction=0.1)
+    mask = torch.rand(3, 1, 32, 32).requires_grad_(True)
+    expected = torch.zeros(3, 1024)
+    expected.scatter_(1, mask.detach().flatten(1).argsort(dim=1, descending=True)[:, :102], 1.0)
+    expected = expected.view(3, 1, 32, 32)
+    for training in (True, False):
+        model.train(training)
+        torch.testing.assert_close(model.gate(mask), expected)
+    model.gate(mask).sum().backward()
+    torch.testing.assert_close(mask.grad, torch.ones_like(mask))
+    image = torch.randn(3, 1, 32, 32)
+    torch.testing.assert_close(model.apply_mask(image, mask), image * expected)
+    torch.testing.assert_close(model.remove_region(image, mask), image * (1 - expected))
+    soft = MedTex(student, model.explainer)
+    torch.testing.assert_close(soft.remove_region(image, mask), image * (1 - mask))
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted.apply_mask(image, mask), model.apply_mask(image, mask))
+    other = MedTex(copy.deepcopy(student), copy.deepcopy(model.explainer), gate="topk", keep_fraction=0.2)
+    with pytest.raises(ValueError, match="mask_keep_fraction: 0.1"):
+        other.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="mask_gate: topk"):
+        soft.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="keep_fraction must be in"):
+        MedTex(student, gate="topk", keep_fraction=0.0)
+
+
 # --- networks -----------------------------------------------------------------------------------------------------
 def test_medtex_masks_the_image_and_gradients_reach_the_explainer():
     torch.manual_seed(0)

@@ -200,7 +200,7 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
                 if weights["fidelity"] > 0:
                     teacher_masked_logits = engine.teacher(model.apply_mask(inputs, mask))[0]
                 if weights["deletion"] > 0:
-                    teacher_deleted_logits = engine.teacher(model.apply_mask(inputs, 1.0 - mask))[0]
+                    teacher_deleted_logits = engine.teacher(model.remove_region(inputs, mask))[0]
             terms = engine.loss_function(
                 logits,
                 targets,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 BASELINES = ("zero", "blur")
-GATES = ("soft", "hard")
+GATES = ("soft", "hard", "topk")
 
 
 class MedTex(nn.Module):
@@ -29,7 +29,12 @@ class MedTex(nn.Module):
             feature selectors do (L2X, VIBI). A soft mask can carry information in its grey levels that the student
             learns to read; a kept-or-removed pixel carries only its own value. ``explain`` still returns ``M``,
             whose order ranks the pixels; the mask prior on ``M`` (``bernoulli_kl`` to a rate) is then a budget on
-            the expected fraction of pixels kept (an L0 budget). Saved with the weights and checked on loading.
+            the expected fraction of pixels kept (an L0 budget). ``"topk"``: exactly the ``keep_fraction`` of each
+            image's pixels with the highest ``M`` are kept whole, the rest removed, with straight-through gradients
+            (a hard area budget, as L2X selects its k features): the mask cannot keep most of the image, whatever
+            the loss's weights. The gate, and for ``"topk"`` the fraction, are saved with the weights and checked on
+            loading.
+        keep_fraction: share of the pixels the ``"topk"`` gate keeps, in (0, 1]; unused by the other gates.
     """
 
     def __init__(
@@ -39,16 +44,24 @@ class MedTex(nn.Module):
         baseline: str = "zero",
         blur_sigma: float = 4.0,
         gate: str = "soft",
+        keep_fraction: float = 0.1,
     ) -> None:
         super().__init__()
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        if not 0.0 < keep_fraction <= 1.0:
+            raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+        self.gate_index = GATES.index(gate)
         self.hard_gate = gate == "hard"
+        self.topk_gate = gate == "topk"
+        self.keep_fraction = float(keep_fraction)
         # saved with the weights: a model trained with one gate and deployed with the other would load and predict
-        # from other inputs, so loading compares them (``_load_from_state_dict``)
-        self.register_buffer("input_hard_gate", torch.tensor(int(self.hard_gate), dtype=torch.int64))
+        # from other inputs, so loading compares them (``_load_from_state_dict``). The buffer's name predates the
+        # top-k gate: it holds the gate's index in GATES (0 soft, 1 hard, 2 topk), so older weights load unchanged.
+        self.register_buffer("input_hard_gate", torch.tensor(self.gate_index, dtype=torch.int64))
+        self.register_buffer("input_keep_fraction", torch.tensor(self.keep_fraction, dtype=torch.float32))
         self.student = student
         self.explainer = explainer
         self.blur_baseline = baseline == "blur"
@@ -83,17 +96,28 @@ class MedTex(nn.Module):
         **kwargs: Any,
     ) -> None:
         saved = int(state_dict.get(prefix + "input_hard_gate", 0))  # weights saved before the option: soft
-        if saved != int(self.hard_gate):
+        if saved != self.gate_index:
             raise ValueError(
                 f"these weights were trained with mask_gate: {GATES[saved]} but the network is built with mask_gate:"
-                f" {GATES[int(self.hard_gate)]}: set mask_gate: {GATES[saved]} in the config"
+                f" {GATES[self.gate_index]}: set mask_gate: {GATES[saved]} in the config"
             )
         state_dict[prefix + "input_hard_gate"] = torch.tensor(saved, dtype=torch.int64)
+        # weights saved before the top-k gate have no fraction; only the top-k gate reads it
+        fraction = float(state_dict.get(prefix + "input_keep_fraction", self.keep_fraction))
+        if self.topk_gate and abs(fraction - self.keep_fraction) > 1e-6:
+            raise ValueError(
+                f"these weights were trained with mask_keep_fraction: {fraction:g} but the network is built with"
+                f" mask_keep_fraction: {self.keep_fraction:g}: set mask_keep_fraction: {fraction:g} in the config"
+            )
+        state_dict[prefix + "input_keep_fraction"] = torch.tensor(fraction, dtype=torch.float32)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)
 
     @torch.jit.export
     def gate(self, mask: torch.Tensor) -> torch.Tensor:
-        """The mask that weights the image: ``M`` itself (soft gate), or kept-or-removed pixels (hard gate)."""
+        """The mask that weights the image: ``M`` itself (soft gate), or kept-or-removed pixels (hard and top-k
+        gates)."""
+        if self.topk_gate:
+            return self.top_pixels(mask)
         if not self.hard_gate:
             return mask
         if self.training:
@@ -103,12 +127,35 @@ class MedTex(nn.Module):
         return mask + (kept - mask).detach()  # forward: kept; backward: the gradient of M (straight-through)
 
     @torch.jit.export
+    def top_pixels(self, mask: torch.Tensor) -> torch.Tensor:
+        """1 on the ``keep_fraction`` of each image's pixels with the highest ``M``, else 0; straight-through
+        gradients. Ties at the threshold keep every tied pixel."""
+        flat = mask.flatten(1)
+        count = max(1, int(round(self.keep_fraction * flat.shape[1])))
+        threshold = flat.topk(count, dim=1).values[:, -1:]
+        kept = (flat >= threshold).to(mask.dtype).view_as(mask)
+        return mask + (kept - mask).detach()
+
+    @torch.jit.export
+    def remove_region(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The image with the mask's region removed, for the deletion term: ``M`` replaced by ``1 - M`` (soft and hard
+        gates), or the complement of the top-k pixels (top-k gate: the top-k of ``1 - M`` would be the least salient
+        pixels instead)."""
+        if self.topk_gate:
+            return self.blend(image, 1.0 - self.top_pixels(mask))
+        return self.apply_mask(image, 1.0 - mask)
+
+    @torch.jit.export
     def apply_mask(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``G(M) * x + (1 - G(M)) * b``: what the student sees (``G``: the gate)."""
-        mask = self.gate(mask)
+        return self.blend(image, self.gate(mask))
+
+    @torch.jit.export
+    def blend(self, image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``w * x + (1 - w) * b``, ``b`` the baseline."""
         if self.blur_baseline:
-            return mask * image + (1.0 - mask) * self.blur(image)
-        return mask * image
+            return weight * image + (1.0 - weight) * self.blur(image)
+        return weight * image
 
 
 class ExplainingMedTex(MedTex):
