@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from bundle.data.datalist import load_datalist  # noqa: E402
 from bundle.explain import make_saliency, map_similarity, mask_only_score, saliency_scores  # noqa: E402
+from bundle.files import file_sha256  # noqa: E402
 from bundle.networks.teacher import FrozenTeacher, load_weights  # noqa: E402
 from bundle.provenance import git_commit  # noqa: E402
 from bundle.report import write_html_report  # noqa: E402
@@ -287,11 +288,19 @@ def report(args: argparse.Namespace, variants: dict[str, list[str]], sanity: dic
     with_lesion = masks.flatten(1).amax(1) > 0
     chance = float(masks[with_lesion].flatten(1).mean(1).mean())  # a random peak lands in the lesion this often
 
-    def cached(name: str, compute: Any) -> dict[str, Any]:
+    teacher_sha = file_sha256(parser.get_parsed_content("teacher_ckpt"))
+
+    def cached(name: str, compute: Any, weights_sha: str) -> dict[str, Any]:
+        """The maps and scores saved for ``name``, recomputed when the weights that made them (SHA-256 of the run's
+        checkpoint and of the teacher, which scores every map) are not those on disk now: a run retrained in place."""
         path = maps_dir / f"{name}.pt"
+        source = {"weights_sha256": weights_sha, "teacher_sha256": teacher_sha}
         if path.is_file():
-            return torch.load(path, weights_only=True)
-        result = compute()
+            saved = torch.load(path, weights_only=True)
+            if all(saved.get(key) == value for key, value in source.items()):
+                return saved
+            print(f"{path}: made by other weights than those on disk now, computed again")
+        result = {**compute(), **source}
         torch.save(result, path)
         return result
 
@@ -307,7 +316,7 @@ def report(args: argparse.Namespace, variants: dict[str, list[str]], sanity: dic
             maps = batched_maps(make_saliency(name, teacher, task=task, **options), images, 8)
             return {"maps": maps, "scores": scores_of(teacher, images, maps, masks, task, args.steps)}
 
-        references[name] = cached(name, compute_reference)
+        references[name] = cached(name, compute_reference, teacher_sha)
 
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for method, files in tqdm({**variants, **sanity}.items(), desc="scoring runs", unit="variant"):
@@ -334,7 +343,7 @@ def report(args: argparse.Namespace, variants: dict[str, list[str]], sanity: dic
                     "kept": kept,
                 }
 
-            runs.setdefault(method, {})[seed] = cached(f"{method}_seed{seed}", compute_run)
+            runs.setdefault(method, {})[seed] = cached(f"{method}_seed{seed}", compute_run, file_sha256(ckpt))
 
     args.results.mkdir(parents=True, exist_ok=True)
     stem_size = f"{args.task}_{args.image_size}px"

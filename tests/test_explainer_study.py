@@ -115,3 +115,33 @@ def test_the_worst_seed_is_the_lowest_pointing_game_and_nan_scores_are_left_out_
     assert row["pointing_game_worst"] == 0.2 and row["pointing_game_mean"] == pytest.approx(0.35)
     assert row["deletion_auc_mean"] == 0.2  # the NaN seed left out
     assert row["student_auc_mean"] == pytest.approx(0.75) and row["student_auc_sd"] == pytest.approx(0.0707, abs=1e-4)
+
+
+def test_a_run_retrained_in_place_gets_its_maps_computed_again(study):
+    """The maps cache is keyed by the checkpoint's content: new weights in the same folder give new scores."""
+    args, variants = study
+    ckpt = args.out / "models/fundus/explainer_hard_gate/n100_seed1/model.pt"
+    original = torch.load(ckpt)
+    torch.manual_seed(99)
+    network = explainer_study.run_config(args, variants["explainer_hard_gate"]).get_parsed_content("network_def")
+    try:
+        torch.save(network.state_dict(), ckpt)
+        assert explainer_study.report(args, variants, {}) == 0
+        images, masks, _ = explainer_study.test_images(explainer_study.run_config(args, []), args.n_images)
+        with torch.no_grad():
+            hits = pointing_game(network.eval().explain(images)[1], masks)
+        table = {(r["method"], r["seed"]): r for r in rows(args.results / "saliency_seeds_fundus.csv")}
+        row = table[("explainer_hard_gate", "1")]
+        assert float(row["pointing_game"]) == pytest.approx(float(hits[~hits.isnan()].mean()), abs=1e-4)
+        saved = torch.load(next((args.out / "maps" / "fundus").glob("*/explainer_hard_gate_seed1.pt")))
+        assert not torch.equal(saved["maps"], original_maps(args, variants, original, images))
+    finally:
+        torch.save(original, ckpt)
+        assert explainer_study.report(args, variants, {}) == 0
+
+
+def original_maps(args, variants, state_dict, images):
+    network = explainer_study.run_config(args, variants["explainer_hard_gate"]).get_parsed_content("network_def")
+    network.load_state_dict(state_dict)
+    with torch.no_grad():
+        return network.eval().explain(images)[1]
