@@ -252,9 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = method_order(rows, args.methods)
     seeds = {int(r["seed"]) for r in rows if r["method"] != TEACHER}
     a = args
-    context = (
-        f"Task {a.task}; teacher trained on {a.n_teacher} images of domain {a.teacher_domain}"
+    uses_teacher = any(m not in WITHOUT_TEACHER for m in methods)
+    teacher = (
+        f"teacher trained on {a.n_teacher} images of domain {a.teacher_domain}"
         f"{' (given: ' + str(a.teacher_ckpt) + ')' if a.teacher_ckpt else f', {a.teacher_epochs} epochs'}; "
+        if uses_teacher
+        else "no teacher (every method learns from the local labels alone); "
+    )
+    context = (
+        f"Task {a.task}; {teacher}"
         f"local domain {a.student_domain}: labelled subsets of a pool of {exp.pool} images (the rest unlabelled) "
         f"plus {a.n_unlabeled} unlabelled, {a.n_val} validation and {a.n_test} test images; "
         f"{a.image_size} px, {a.epochs} epochs per run. Metrics on the local test set."

@@ -71,3 +71,5 @@ def test_learning_curve_fine_tunes_the_given_generic_weights_and_records_them(pr
     log = (out / "logs" / "fundus" / "transfer_generic_student" / "n8_seed0.log").read_text()
     assert f"--init_ckpt {student}" in log and "weights left random (class_layers\\.out\\.)" in log
     assert not (out / "data" / "fundus_teacher_A").exists()  # no teacher, no teacher's data
+    context = (out / "learning_curve_fundus.md").read_text().splitlines()[2]
+    assert "no teacher" in context and "teacher trained on" not in context
