@@ -77,6 +77,8 @@ def test_seed_rows_hold_the_pointing_game_and_seed_similarity_of_the_networks_ca
         hits = pointing_game(maps[seed], masks)
         assert float(row["pointing_game"]) == pytest.approx(float(hits[~hits.isnan()].mean()), abs=1e-4)
         assert float(row["student_auc"]) == pytest.approx(0.5 + 0.1 * seed)
+        peaks = {int(m.argmax()) for m in maps[seed]}  # each map's peak pixel, one by one
+        assert float(row["peak_spread"]) == pytest.approx(len(peaks) / len(maps[seed]))
         assert row["code_version"]
     similarity = map_similarity(maps[0], maps[1])
     for seed in args.seeds:  # two seeds: each one's similarity to the other is the same pair
@@ -106,7 +108,7 @@ def test_ablation_rows_are_means_and_worst_seed_of_the_seed_rows_and_the_outputs
 def test_the_worst_seed_is_the_lowest_pointing_game_and_nan_scores_are_left_out_of_means():
     base = {"task": "cxr", "image_size": 64, "method": "explainer_deletion", "student_auc": 0.8, "train_seconds": 5.0}
     scores = {"deletion_auc": 0.2, "insertion_auc": 0.4, "fidelity": 0.7, "ssim_to_other_seeds": 0.5}
-    scores.update(spearman_to_other_seeds=0.4, mask_only_score=0.5, mask_kept_fraction=0.3)
+    scores.update(spearman_to_other_seeds=0.4, mask_only_score=0.5, mask_kept_fraction=0.3, peak_spread=0.9)
     seed_rows = [
         {**base, **scores, "seed": 0, "pointing_game": 0.5},
         {**base, **scores, "seed": 1, "pointing_game": 0.2, "deletion_auc": float("nan"), "student_auc": 0.7},
@@ -145,3 +147,10 @@ def original_maps(args, variants, state_dict, images):
     network.load_state_dict(state_dict)
     with torch.no_grad():
         return network.eval().explain(images)[1]
+
+
+def test_peak_spread_is_distinct_peak_positions_over_images():
+    maps = torch.zeros(4, 1, 3, 3)
+    maps[0, 0, 1, 1] = maps[1, 0, 1, 1] = maps[2, 0, 1, 1] = 1.0  # three maps peak at the centre
+    maps[3, 0, 2, 0] = 1.0
+    assert explainer_study.peak_spread(maps) == 0.5  # two positions, four maps
