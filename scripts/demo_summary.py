@@ -28,8 +28,8 @@ def read_metrics(path: Path) -> dict[str, float]:
 
 def count_weights(path: Path) -> int:
     """Number of learned parameters in a state dict: buffers excluded (batch-norm statistics, and the explainer's
-    scale settings ``input_scale`` and ``input_unshuffle`` and its ``input_hard_gate`` and ``input_keep_fraction``, saved so that inference can
-    check them)."""
+    scale settings ``input_scale`` and ``input_unshuffle`` and its ``input_hard_gate`` and ``input_keep_fraction``,
+    saved so that inference can check them)."""
     buffers = (
         "running_mean",
         "running_var",
