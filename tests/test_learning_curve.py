@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from bundle.files import file_sha256
+from bundle.provenance import git_commit
 from scripts import learning_curve  # a package module: a mutation run replaces scripts/
 from scripts.learning_curves import render
+from scripts.learning_curves.rows import COLUMNS, append_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +68,7 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
         # KD also distils on the rest of the pool and the extra unlabelled images; scratch uses labels only
         expected = max(SIZES) - int(row["n_labeled"]) + N_UNLABELED if row["method"] == "kd" else 0
         assert int(row["n_unlabeled"]) == expected
+        assert row["code_version"] == git_commit()  # the code that made the row
     # the labelled sets are subsets of the local pool, of the requested sizes, the rest unlabelled
     local = out / "data" / "fundus_local_B"
     pool = {item["image"] for item in json.loads((local / "datalist.json").read_text())["training"]}
@@ -142,6 +145,21 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     # the same folder with other settings would mix incomparable runs: refused before any work
     with pytest.raises(SystemExit, match="other settings.*epochs: 1 -> 2"):
         learning_curve.main([*args, "--methods", *METHODS, "--epochs", "2"])
+
+
+def test_a_csv_from_before_a_new_column_is_rewritten_with_its_rows_kept(tmp_path):
+    csv_path = tmp_path / "learning_curve_fundus.csv"
+    old_columns = [c for c in COLUMNS if c != "code_version"]
+    old_row = {c: f"old {c}" for c in old_columns}
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old_columns)
+        writer.writeheader()
+        writer.writerow(old_row)
+    new_row = {c: f"new {c}" for c in COLUMNS}
+    append_row(csv_path, new_row)
+    with open(csv_path, newline="") as f:
+        assert next(csv.reader(f)) == COLUMNS
+    assert read_rows(csv_path) == [{**old_row, "code_version": ""}, new_row]
 
 
 def test_paired_differences_compare_the_same_labelled_sets_and_seeds(tmp_path):

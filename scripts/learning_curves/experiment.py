@@ -78,6 +78,9 @@ class Experiment:
             for part in ("student", "teacher")
         }
         self.failures: list[str] = []
+        # each CSV row records the code that made it: the commit this experiment started on (its runs are
+        # subprocesses of that checkout), marked when the work tree had uncommitted changes
+        self.code_version = git_commit() or "unknown"
         self.argv: list[str] = []  # the command-line arguments, for the provenance record
 
     # --- settings and provenance --------------------------------------------------------------------------------
@@ -441,6 +444,7 @@ class Experiment:
             "epochs": epochs,
             "train_seconds": seconds,
             "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "code_version": self.code_version,
         }
 
     def _failed(self, method: str, name: str, stage: str, log: Path) -> None:

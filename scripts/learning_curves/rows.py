@@ -22,6 +22,7 @@ COLUMNS = [
     "epochs",
     "train_seconds",
     "finished",
+    "code_version",
 ]
 
 
@@ -36,8 +37,18 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append at once, so that a killed script keeps every run finished so far."""
+    """Append at once, so that a killed script keeps every run finished so far. A CSV written before a column was
+    added is first rewritten with today's columns (its rows keep their values; the new column stays empty)."""
     new = not path.is_file()
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != COLUMNS:
+            old_rows = read_rows(path)
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(old_rows)
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
