@@ -289,3 +289,6 @@ def test_an_onnx_teacher_gives_its_eager_outputs_and_refuses_the_fidelity_term(t
     student = Student(in_channels=1, out_channels=2, init_features=8, growth_rate=4, block_config=(1, 1))
     with pytest.raises(ValueError, match="fidelity_weight > 0 needs gradients through the teacher"):
         MedTexTrainer("cpu", 1, [], student, torch.optim.SGD(student.parameters(), 0.1), loss, teacher=teacher)
+    evidence = MedTexLoss("multiclass", kd_weight=1.0, evidence_weight=1.0, teacher_classes=contract.labels.covered)
+    with pytest.raises(ValueError, match="so do deletion_weight and evidence_weight"):
+        MedTexTrainer("cpu", 1, [], student, torch.optim.SGD(student.parameters(), 0.1), evidence, teacher=teacher)

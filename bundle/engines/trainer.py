@@ -21,7 +21,7 @@ from bundle.networks.medtex import MedTex
 from bundle.networks.teacher import FrozenTeacher
 
 MASK = "mask"
-LOSS_TERMS = ("ce", "kd", "vid", "mask", "fidelity", "deletion")
+LOSS_TERMS = ("ce", "kd", "vid", "mask", "fidelity", "deletion", "evidence")
 
 
 class DecollateWithoutSync:
@@ -75,11 +75,12 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
     ``bundle.engines.precompute.TeacherOutputsd``, computed once per image while the data were cached);
     ``inferer(image, network)`` runs the explainer, which masks the image, and the student, which classifies the
     masked image (the mask is read by a forward hook on ``network.explainer``); with a fidelity weight the teacher
-    also classifies the masked image (its weights frozen, gradients flowing to the mask); ``MedTexLoss`` combines
-    the terms.
+    also classifies the masked image (its weights frozen, gradients flowing to the mask); with an evidence weight one
+    more teacher pass and backward give its input gradient on the image (``MedTexLoss.teacher_evidence``);
+    ``MedTexLoss`` combines the terms.
     ``engine.state.output`` holds ``image``, ``label``, ``pred`` (student logits), ``mask``, ``loss`` (the total,
     as MONAI's handlers expect) and ``loss_ce``, ``loss_kd``, ``loss_vid``, ``loss_mask``, ``loss_fidelity``,
-    ``loss_deletion``.
+    ``loss_deletion``, ``loss_evidence``.
     Everything else (AMP, handlers, metrics, events) is MONAI's; only the iteration body is replaced, because
     ``SupervisedTrainer`` computes ``loss_function(pred, label)`` and the MED-TEX loss needs more than that.
 
@@ -129,10 +130,11 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
             raise ValueError("the loss has KD or VID weights > 0 but no teacher was given")
         self.teacher = teacher.to(device) if teacher is not None and loss_function.needs_teacher else None
         if self.teacher is not None and not getattr(self.teacher, "differentiable", True):
-            if loss_function.weights["fidelity"] > 0 or loss_function.weights["deletion"] > 0:
+            if any(loss_function.weights[name] > 0 for name in ("fidelity", "deletion", "evidence")):
                 raise ValueError(
-                    "fidelity_weight > 0 needs gradients through the teacher (so does deletion_weight > 0), and an "
-                    "ONNX teacher has none: set both to 0 (KD only) or give the teacher as a state dict or TorchScript"
+                    "fidelity_weight > 0 needs gradients through the teacher (so do deletion_weight and evidence_weight"
+                    " > 0), and an ONNX teacher has none: set them to 0 (KD only) or give the teacher as a state dict "
+                    "or TorchScript"
                 )
         use_vid = loss_function.weights["vid"] > 0
         if use_vid and self.teacher is not None and self.teacher.recorder is None:
@@ -191,7 +193,7 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
             engine.state.output[MASK] = mask
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             student_features = engine.student_features.features if engine.student_features is not None else []
-            teacher_masked_logits = teacher_deleted_logits = None
+            teacher_masked_logits = teacher_deleted_logits = evidence = None
             weights = engine.loss_function.weights
             if engine.teacher is not None and engine.mask_recorder is not None:
                 # after the student's pass, whose features were read above; the teacher's hooks record again.
@@ -201,6 +203,9 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
                     teacher_masked_logits = engine.teacher(model.apply_mask(inputs, mask))[0]
                 if weights["deletion"] > 0:
                     teacher_deleted_logits = engine.teacher(model.remove_region(inputs, mask))[0]
+                if weights["evidence"] > 0:
+                    teacher = engine.teacher
+                    evidence = engine.loss_function.teacher_evidence(lambda x: teacher(x)[0], inputs)
             terms = engine.loss_function(
                 logits,
                 targets,
@@ -210,6 +215,7 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
                 teacher_features,
                 teacher_masked_logits,
                 teacher_deleted_logits,
+                evidence,
             )
             engine.state.output[Keys.LOSS] = terms["loss"]
             for name in LOSS_TERMS:

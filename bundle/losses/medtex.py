@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bundle.losses.classification import ClassificationLoss
@@ -14,7 +15,7 @@ from bundle.losses.distillation import KDLoss, MaskPrior, VIDLoss
 
 class MedTexLoss(nn.Module):
     """``a_ce CE(S(x'), y) + a_kd tau^2 KL(T(x) || S(x')) + a_vid sum_l VID(t_l, s_l) + a_m R(M)
-    + a_fid KL(T(x) || T(x')) + a_del D(T(x), T(x_del))``.
+    + a_fid KL(T(x) || T(x')) + a_del D(T(x), T(x_del)) + a_ev KL(E(x) || M)``.
 
     Every term has a weight; a zero weight skips the term (and, for KD and VID together, the teacher's forward
     pass). CE counts labelled images only (-1 labels are unknown), so unlabelled images train through KD and VID.
@@ -32,6 +33,15 @@ class MedTexLoss(nn.Module):
             ``mean_{b,c} q_c p_c`` for a multi-label one (sigmoids: the findings the teacher saw should vanish).
             Preservation alone is met by any region that suffices; deletion also asks the mask to cover all the
             evidence (the deletion objective of real-time saliency), which is what a lesion map should show.
+        evidence_weight: a_ev, the mask's divergence from the teacher's own evidence on the image:
+            ``KL(E || M)`` with ``E`` and ``M`` each divided by its sum over the pixels, ``E`` the teacher's
+            input-gradient magnitude ``|d T_c(x) / d x|`` (``c`` the class the teacher predicts, maximum over channels)
+            averaged over ``evidence_kernel`` x ``evidence_kernel`` pixels (``teacher_evidence``). Preservation and
+            deletion ask only that the mask's region serve the teacher, which a mask can meet with one fixed region
+            for every image; this term ties each image's mask to where that image's evidence lies, learned from
+            importance targets as CXPlain does (Schwab and Karlen 2019). ``M`` is only compared in shape (the KL
+            ignores its scale), so its area stays the mask prior's.
+        evidence_kernel: the pooling window of ``E`` in pixels (odd; 1: none).
         temperature: KD temperature tau.
         vid: the VID module (regressors and variances) when ``vid_weight > 0``; one without layer pairs (a teacher
             whose layers cannot be hooked) switches VID off.
@@ -52,6 +62,8 @@ class MedTexLoss(nn.Module):
         temperature: float = 4.0,
         fidelity_weight: float = 0.0,
         deletion_weight: float = 0.0,
+        evidence_weight: float = 0.0,
+        evidence_kernel: int = 5,
         vid: Optional[VIDLoss] = None,
         mask_prior: Optional[MaskPrior] = None,
         teacher_classes: Optional[Sequence[int]] = None,
@@ -64,6 +76,9 @@ class MedTexLoss(nn.Module):
             raise ValueError("vid_weight > 0 needs a VIDLoss ('vid')")
         if mask_weight > 0 and mask_prior is None:
             raise ValueError("mask_weight > 0 needs a MaskPrior ('mask_prior')")
+        if evidence_kernel < 1 or evidence_kernel % 2 == 0:
+            raise ValueError(f"evidence_kernel must be an odd number of pixels >= 1, got {evidence_kernel}")
+        self.evidence_kernel = int(evidence_kernel)
         self.weights = {
             "ce": ce_weight,
             "kd": kd_weight,
@@ -71,6 +86,7 @@ class MedTexLoss(nn.Module):
             "mask": mask_weight,
             "fidelity": fidelity_weight,
             "deletion": deletion_weight,
+            "evidence": evidence_weight,
         }
         self.teacher_classes = self._check_teacher_classes(teacher_classes, num_classes, ce_weight, kd_weight)
         self.ce = ClassificationLoss(task)
@@ -101,7 +117,7 @@ class MedTexLoss(nn.Module):
 
     @property
     def needs_teacher(self) -> bool:
-        return any(self.weights[name] > 0 for name in ("kd", "vid", "fidelity", "deletion"))
+        return any(self.weights[name] > 0 for name in ("kd", "vid", "fidelity", "deletion", "evidence"))
 
     def forward(
         self,
@@ -113,10 +129,12 @@ class MedTexLoss(nn.Module):
         teacher_features: Sequence[torch.Tensor] = (),
         teacher_masked_logits: Optional[torch.Tensor] = None,
         teacher_deleted_logits: Optional[torch.Tensor] = None,
+        evidence: Optional[torch.Tensor] = None,
     ) -> dict[str, torch.Tensor]:
-        """Return ``{"loss": total, "ce": ..., "kd": ..., "vid": ..., "mask": ..., "fidelity": ..., "deletion": ...}``
-        (unweighted terms); ``teacher_masked_logits`` / ``teacher_deleted_logits`` are the teacher's logits on the
-        masked image / on the image with the mask's region removed, with gradients to the mask.
+        """Return ``{"loss": total, "ce": ..., "kd": ..., "vid": ..., "mask": ..., "fidelity": ..., "deletion": ...,
+        "evidence": ...}`` (unweighted terms); ``teacher_masked_logits`` / ``teacher_deleted_logits`` are the teacher's
+        logits on the masked image / on the image with the mask's region removed, with gradients to the mask;
+        ``evidence`` is ``teacher_evidence``'s map of the same images.
         """
         zero = student_logits.sum() * 0.0
         terms = {name: zero for name in self.weights}
@@ -138,6 +156,8 @@ class MedTexLoss(nn.Module):
             if teacher_logits is None:
                 raise ValueError("deletion_weight > 0 but no teacher logits were given")
             terms["deletion"] = self.deletion(teacher_deleted_logits, teacher_logits)
+        if self.weights["evidence"] > 0 and evidence is not None and mask is not None:
+            terms["evidence"] = self.evidence_divergence(mask, evidence)
         # a sum of the weighted tensor terms, never sum()'s int start value
         terms["loss"] = cast(torch.Tensor, sum(self.weights[name] * terms[name] for name in self.weights))
         return terms
@@ -148,6 +168,40 @@ class MedTexLoss(nn.Module):
             return (torch.sigmoid(teacher_logits.detach()) * torch.sigmoid(deleted_logits)).mean()
         agreement = torch.softmax(teacher_logits.detach(), dim=1) * torch.softmax(deleted_logits, dim=1)
         return agreement.sum(dim=1).mean()
+
+    def teacher_evidence(
+        self, teacher_logits_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
+    ) -> torch.Tensor:
+        """``E`` of ``evidence_weight`` for a batch, ``(B, 1, H, W)``, without gradients.
+
+        Written here rather than with MONAI's ``VanillaGrad``, which takes one image at a time: one backward of the
+        batch's summed predicted-class logits gives each image its own gradient (the images do not interact in a
+        network in eval mode). ``torch.autograd.grad`` leaves the teacher's parameters' ``.grad`` untouched.
+        """
+        with torch.enable_grad():
+            inputs = images.detach().float().requires_grad_(True)
+            logits = teacher_logits_of(inputs)
+            predicted = logits.detach().argmax(dim=1, keepdim=True)
+            (gradient,) = torch.autograd.grad(logits.gather(1, predicted).sum(), inputs)
+        evidence = gradient.abs().amax(dim=1, keepdim=True)
+        if self.evidence_kernel > 1:
+            evidence = F.avg_pool2d(
+                evidence, self.evidence_kernel, stride=1, padding=self.evidence_kernel // 2, count_include_pad=False
+            )
+        return evidence.detach()
+
+    @staticmethod
+    def evidence_divergence(mask: torch.Tensor, evidence: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+        """``KL(E || M)`` per image, each map divided by its sum over the pixels, averaged over the batch. A mask
+        coarser than the image (``explainer_scale`` with pooling) is compared with ``E`` averaged to its cells."""
+        if evidence.shape[-2:] != mask.shape[-2:]:
+            evidence = F.adaptive_avg_pool2d(evidence, (mask.shape[-2], mask.shape[-1]))
+        target = evidence.flatten(1).float()
+        target = target / target.sum(dim=1, keepdim=True).clamp_min(eps)
+        predicted = mask.flatten(1).float()
+        predicted = predicted / predicted.sum(dim=1, keepdim=True).clamp_min(eps)
+        divergence = target * (torch.log(target.clamp_min(eps)) - torch.log(predicted.clamp_min(eps)))
+        return divergence.sum(dim=1).mean()
 
     def _covered(self, student_logits: torch.Tensor) -> torch.Tensor:
         """The student's logits of the classes the teacher's logits cover, in the same order."""
