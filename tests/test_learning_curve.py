@@ -82,6 +82,7 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     md = (out / "learning_curve_fundus.md").read_text()
     assert "| method | n = 8 | n = 16 |" in md and "| scratch |" in md and "| kd |" in md
+    assert f"each row, its count): {git_commit()} ({len(rows)} rows)." in md
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
     for row in rows:  # the values appear both in the markdown summary (mean of one seed) and the raw CSV table
@@ -199,10 +200,13 @@ def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
         }
 
     rows = [
-        row("teacher", 0, 0, "0.9", accuracy="0.8"),  # accuracy of the teacher alone: no accuracy table
+        {
+            **row("teacher", 0, 0, "0.9", accuracy="0.8"),
+            "code_version": "abc1234",
+        },  # accuracy of the teacher alone: no accuracy table
         *(row("kd", 25, s, a, kappa=k) for s, a, k in ((0, "0.60", "0.5"), (1, "0.70", ""), (2, "0.65", ""))),
         *(row("medtex", 25, s, a, kappa=k) for s, a, k in ((0, "0.64", "0.6"), (1, "0.69", ""), (2, "0.71", ""))),
-        row("medtex", 50, 0, "0.80"),
+        {**row("medtex", 50, 0, "0.80"), "code_version": "abc1234"},
         row("medtex", 50, 1, "nan"),  # a failed evaluation: left out, not averaged in
         row("medtex", 50, 2, ""),
     ]
@@ -241,6 +245,8 @@ def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
         "|---|---:|---:|",
         "| medtex - kd | +0.030 ± 0.036 (2/3) |  |",
         "",
+        "Code versions (git commit that made each row, its count): not recorded (8 rows); abc1234 (2 rows).",
+        "",
     ]
     render.write_markdown(path, [row("kd", 8, 0, "0.5")], ["kd"], "one run")
     assert path.read_text().startswith("# Learning curve: fundus\n\none run\n\n## auc")
@@ -278,5 +284,7 @@ def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
         "| medtex - scratch | +0.050 ± 0.071 (1/2) | -0.050 ± 0.000 (0/1) |",  # 0.10, 0.00: sd sqrt(0.005)
         "| mine - medtex | +0.050 ± 0.000 (1/1) |  |",  # one seed in common: sd 0
         "| mine - scratch | +0.150 ± 0.000 (1/1) |  |",
+        "",
+        f"Code versions (git commit that made each row, its count): not recorded ({len(rows)} rows).",
         "",
     ]

@@ -4,6 +4,7 @@ paired differences between methods on the same labelled sets and seeds."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -110,7 +111,15 @@ def write_markdown(path: Path, rows: list[dict[str, str]], methods: list[str], c
             lines += ["", f"Teacher (no local labels, trained on the teacher's data): {metric} {mean:.3f}."]
         lines.append("")
     lines += _paired_lines(rows, sizes)
+    lines += [code_versions(rows), ""] if rows else []  # after the blank line that ends each table
     path.write_text("\n".join(lines))
+
+
+def code_versions(rows: list[dict[str, str]]) -> str:
+    """Which commits made the rows (the CSV's ``code_version``), with how many rows each, most rows first."""
+    counts = Counter(r.get("code_version") or "not recorded" for r in rows)
+    made = "; ".join(f"{version} ({n} rows)" for version, n in counts.most_common())
+    return f"Code versions (git commit that made each row, its count): {made}."
 
 
 def plot(path: Path, rows: list[dict[str, str]], methods: list[str], title: str) -> None:
