@@ -185,6 +185,12 @@ def test_paired_differences_compare_the_same_labelled_sets_and_seeds(tmp_path):
     render.write_markdown(path, [*rows, *generic], ["kd", "medtex", "transfer_generic_student"], "context")
     # medtex - transfer_generic_student: (-0.06, +0.03, +0.09): mean +0.020, sd 0.0755, medtex higher on 2 of 3
     assert "| medtex - transfer_generic_student | +0.020 ± 0.075 (2/3) |  |" in path.read_text()
+    teacher_arch = [row("transfer_generic_teacher", 25, s, a) for s, a in ((0, 0.62), (1, 0.72), (2, 0.66))]
+    render.write_markdown(path, [*rows, *generic, *teacher_arch], ["kd", "transfer_generic_teacher"], "context")
+    # kd - transfer_generic_teacher: (-0.02, -0.02, -0.01): mean -0.017, sd 0.006, kd higher on none
+    assert "| kd - transfer_generic_teacher | -0.017 ± 0.006 (0/3) |  |" in path.read_text()
+    # the teacher's architecture against the student's, both generically pretrained: (-0.08, +0.06, +0.04)
+    assert "| transfer_generic_teacher - transfer_generic_student | +0.007 ± 0.076 (2/3) |  |" in path.read_text()
 
 
 def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):

@@ -25,6 +25,8 @@ PAIRS = (
     ("medtex", "transfer_generic_student"),
     ("medtex", "transfer_generic_teacher"),
     ("kd", "transfer_generic_student"),
+    ("kd", "transfer_generic_teacher"),
+    ("transfer_generic_teacher", "transfer_generic_student"),
     ("transfer_student", "transfer_generic_student"),
 )
 
