@@ -50,7 +50,7 @@ def pick_table(source: list[list[str]], old: list[str], where: str) -> list[str]
     return max(same, key=lambda table: len(names & {first_cell(row) for row in table[2:]}))
 
 
-def refresh(doc: Path, root: Path = ROOT) -> tuple[str, list[str]]:
+def refresh(doc: Path) -> tuple[str, list[str]]:
     """``doc``'s text with every marked table replaced by its generated table, and the doc lines that changed."""
     lines = doc.read_text().splitlines()
     out: list[str] = []

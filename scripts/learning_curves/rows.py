@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bundle.files import write_atomically
+
 COLUMNS = [
     "task",
     "method",
@@ -45,10 +47,14 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
             header = next(csv.reader(f), [])
         if header != COLUMNS:
             old_rows = read_rows(path)
-            with open(path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(old_rows)
+
+            def rewrite(tmp: Path) -> None:
+                with open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+                    writer.writeheader()
+                    writer.writerows(old_rows)
+
+            write_atomically(path, rewrite)  # a kill while rewriting leaves the old file, never half of it
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
