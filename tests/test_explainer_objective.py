@@ -1,5 +1,5 @@
 """The explainer's objective options in a real MED-TEX iteration: the deletion term, the hard gate and the teacher's
-evidence."""
+evidence (its input gradient, or its occlusion map computed once per image)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.visualize import VanillaGrad
 from torch import nn
 
+from bundle.engines.precompute import TEACHER_EVIDENCE, TeacherOcclusiond, teacher_evidence_transforms
 from bundle.engines.trainer import MedTexTrainer
+from bundle.explain.saliency import make_saliency
 from bundle.losses import MaskPrior, MedTexLoss
 from bundle.networks import Explainer, FrozenTeacher, MedTex, Student
 from bundle.networks.medtex import GATES
@@ -135,6 +137,95 @@ def test_one_iteration_computes_the_evidence_term_against_the_teachers_gradient_
     assert all(p.grad is None for p in teacher.network.parameters())
 
 
+class CornerTeacher(nn.Module):
+    """Class 1's logit is ``scale`` times the mean of the top-left 8 x 8 pixels, class 0's is 0: the teacher looks at
+    that corner only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(4.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        corner = self.scale * x[:, :, :8, :8].mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(corner), corner], dim=1)
+
+
+def test_teacher_occlusion_is_positive_where_the_teacher_looks_and_zero_elsewhere(tmp_path):
+    net = CornerTeacher()
+    torch.save(net.state_dict(), tmp_path / "corner.pt")
+    teacher = FrozenTeacher(tmp_path / "corner.pt", network=net, bf16=False)
+    image = torch.full((1, 32, 32), 0.5)  # class 1, p = sigmoid(2); occluding part of the corner lowers it
+    item = TeacherOcclusiond(teacher, "cpu", "multiclass", mask_size=4)({"image": image, "label": 1})
+    evidence = item[TEACHER_EVIDENCE]
+    assert evidence.shape == (1, 32, 32) and evidence.dtype == torch.float32 and item["label"] == 1
+    assert evidence[:, 2:6, 2:6].min() > 0.01  # patches inside the corner move the prediction
+    assert evidence[:, 12:, :].max() < 1e-6 and evidence[:, :, 12:].max() < 1e-6  # patches outside cannot (rounding)
+    # the same map as the post-hoc occlusion baseline that scripts/compare_saliency.py scores, before normalising
+    expected = make_saliency("occlusion", net, "multiclass", mask_size=4, overlap=0.5, normalize=False)(image[None])
+    torch.testing.assert_close(evidence, expected[0])
+    with pytest.raises(ValueError, match="cache: memory"):
+        teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=1.0, cache="disk")
+    with pytest.raises(ValueError, match="cache_rate: 1.0"):
+        teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=0.5, cache="memory")
+    (transform,) = teacher_evidence_transforms(teacher, "cpu", "multiclass", [64, 48], cache_rate=1.0)
+    assert transform.occlusion.occlusion.mask_size == 6  # an eighth of the shorter side
+
+
+def test_an_iteration_with_precomputed_evidence_uses_it_and_runs_no_gradient_pass_of_the_teacher(tmp_path):
+    torch.manual_seed(0)
+    model, teacher = tiny_medtex("soft"), tiny_teacher(tmp_path)
+    calls = []
+    teacher.network.register_forward_hook(lambda *args: calls.append(1))
+    loss = MedTexLoss("multiclass", kd_weight=1.0, fidelity_weight=0.0, evidence_weight=1.0)
+    evidence = torch.rand(4, 1, 32, 32)
+    batch = {"image": torch.randn(4, 1, 32, 32), "label": torch.tensor([0, 1, 0, 1]), TEACHER_EVIDENCE: evidence}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer = MedTexTrainer("cpu", 1, [batch], model, optimizer, loss, teacher=teacher, decollate=False)
+    trainer.run()
+    assert len(calls) == 1  # the teacher on x for KD only
+    with torch.no_grad():
+        mask = model.mask(batch["image"])
+    p = evidence.flatten(1) / evidence.flatten(1).sum(1, keepdim=True)  # the given maps, not pooled
+    q = mask.flatten(1) / mask.flatten(1).sum(1, keepdim=True)
+    expected = (p * (p.log() - q.log())).sum(1).mean()
+    assert float(trainer.state.output["loss_evidence"]) == pytest.approx(float(expected), rel=1e-4)
+    assert model.explainer.body.final_conv.weight.grad.abs().sum() > 0
+
+
+def test_evidence_occlusion_overlay_caches_the_maps_and_moves_them_with_the_image(tmp_path, data, teacher_ckpt):
+    """A flip of probability 1 as the only augmentation: each training item's evidence is the teacher's occlusion map
+    of the un-augmented image, flipped as the image is; then one real epoch trains with it."""
+    files = [str(ROOT / "configs" / "train.yaml"), str(ROOT / "configs" / "explainer" / "evidence_occlusion.yaml")]
+    where = {"dataset_dir": str(data), "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models")}
+    tiny = {"image_size": 32, "batch_size": 4, "num_workers": 0, "max_epochs": 1, "preflight": False}
+    flip_only = {"augmentation#0#prob": 1.0, "augmentation#1#prob": 0.0, "use_unlabeled": False}
+    train = ConfigWorkflow(
+        config_file=files, workflow_type="train", teacher_ckpt=str(teacher_ckpt), **tiny, **where, **flip_only
+    )
+    train.initialize()
+    dataset = train.parser.get_parsed_content("train#dataset")
+    teacher = train.parser.get_parsed_content("train#trainer#teacher")
+    occlusion = make_saliency("occlusion", teacher, "multiclass", mask_size=4, overlap=0.5, normalize=False)
+    for index in (0, len(dataset) - 1):
+        item = dataset[index]
+        unflipped = torch.flip(torch.as_tensor(item["image"]), dims=[2])  # RandFlipd's spatial_axis 1: the width
+        torch.testing.assert_close(item[TEACHER_EVIDENCE], torch.flip(occlusion(unflipped[None])[0], dims=[2]))
+        assert item[TEACHER_EVIDENCE].amax() > 0
+    train.run()
+    output = train.parser.get_parsed_content("train#trainer").state.output
+    assert float(output[0]["loss_evidence"]) > 0
+    uncached = ConfigWorkflow(
+        config_file=files, workflow_type="train", teacher_ckpt=str(teacher_ckpt), cache="none", **tiny, **where
+    )
+    with pytest.raises((ValueError, RuntimeError)) as error:  # MONAI wraps a config expression's error: RuntimeError
+        uncached.initialize()
+    assert any("evidence_occlusion needs cache: memory" in str(e) for e in (error.value, error.value.__cause__))
+
+
+# set by evidence_occlusion.yaml for the data pipeline, checked by the test above
+PIPELINE_KEYS = ("cache", "augmentation#0#keys", "augmentation#1#keys", "plain_tensors#keys")
+
+
 def parsed_setting(key: str, loss: MedTexLoss, network: MedTex):
     """What the built loss or network holds for an overlay's config key (None: a key no check knows yet)."""
     if key.endswith("_weight") and key.removesuffix("_weight") in loss.weights:
@@ -157,12 +248,16 @@ def test_every_explainer_overlay_reaches_the_loss_and_the_network(overlay, tmp_p
     files = [str(ROOT / "configs" / "train.yaml"), str(ROOT / "configs" / "explainer" / overlay)]
     where = {"dataset_dir": str(data), "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models")}
     tiny = {"image_size": 32, "batch_size": 4, "num_workers": 0, "cache_rate": 0.0, "max_epochs": 1, "preflight": False}
+    if overlay == "evidence_occlusion.yaml":  # its maps live in the memory cache only
+        tiny["cache_rate"] = 1.0
     train = ConfigWorkflow(config_file=files, workflow_type="train", teacher_ckpt=str(teacher_ckpt), **tiny, **where)
     train.initialize()
     settings = ConfigParser.load_config_file(ROOT / "configs" / "explainer" / overlay)
     assert settings, f"{overlay} sets nothing"
     loss, network = train.parser.get_parsed_content("loss"), train.parser.get_parsed_content("network")
     for key, value in settings.items():
+        if key in PIPELINE_KEYS or key == "train#preprocessing#transforms":
+            continue
         assert parsed_setting(key, loss, network) == value, key
     if overlay == "evidence.yaml":  # one real epoch: the term is computed and trains the explainer
         train.run()

@@ -1,4 +1,5 @@
-"""Teacher outputs computed once per training image and cached with it (configs/precompute_teacher.yaml).
+"""Teacher outputs computed once per training image and cached with it (configs/precompute_teacher.yaml), and the
+teacher's occlusion evidence, the explainer's target of configs/explainer/evidence_occlusion.yaml.
 
 Without augmentation every epoch shows the frozen teacher the same images, so its logits and VID features are the
 same every epoch too. A transform at the end of the training chain's deterministic part lets MONAI's
@@ -17,10 +18,12 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
+from bundle.explain.saliency import make_saliency
 from bundle.networks.teacher import FrozenTeacher
 
 TEACHER_LOGITS = "teacher_logits"
 TEACHER_FEATURES = "teacher_features"
+TEACHER_EVIDENCE = "teacher_evidence"
 
 
 class TeacherOutputsd(MapTransform):
@@ -79,16 +82,88 @@ def teacher_output_transforms(
             "with random augmentation the teacher sees a different image every epoch, so its outputs cannot be "
             "computed once"
         )
+    _check_cached("precompute_teacher", "the teacher outputs", cache_rate, cache)
+    if teacher is None:
+        raise ValueError("precompute_teacher: this run uses no teacher (KD and VID weights are 0)")
+    return [TeacherOutputsd(teacher, device)]
+
+
+def _check_cached(option: str, what: str, cache_rate: float, cache: str) -> None:
+    """Raise unless every training item is cached in this process's memory (see ``teacher_output_transforms``)."""
     if cache_rate < 1.0:
         raise ValueError(
-            f"precompute_teacher needs cache_rate: 1.0 (got {cache_rate}): the teacher outputs are kept in the cache; "
+            f"{option} needs cache_rate: 1.0 (got {cache_rate}): {what} are kept in the cache; "
             "uncached items would run the teacher one image at a time in every epoch"
         )
     if cache != "memory":
         raise ValueError(
-            f"precompute_teacher needs cache: memory (got {cache!r}): the teacher computes while the cache is filled, "
+            f"{option} needs cache: memory (got {cache!r}): the teacher computes while the cache is filled, "
             "in this process; a disk cache fills in the loader's worker processes"
         )
+
+
+class TeacherOcclusiond(MapTransform):
+    """Add the teacher's occlusion map of one image (``teacher_evidence``, ``(1, H, W)`` float32 on the CPU).
+
+    The map is ``bundle.explain.saliency``'s ``occlusion`` (MONAI's ``OcclusionSensitivity``), unnormalised: the drop
+    of the probability of the class the teacher predicts when a patch is occluded, negative drops clipped to 0.
+    Occlusion asks the teacher once per patch, far too often to compute in every training iteration, but it depends
+    on the image alone: computed once while the data set is cached, then moved by the random augmentation together
+    with the image (the overlay adds the key to the augmentation's keys).
+
+    Args:
+        teacher: the frozen teacher.
+        device: where the teacher runs (the training device).
+        task: ``multiclass`` or ``multilabel`` (softmax or sigmoid probabilities).
+        mask_size, overlap: the occluded patch's side in pixels and the overlap of patches, as
+            ``scripts/compare_saliency.py`` scores the post-hoc occlusion maps by default.
+        keys: the image key.
+    """
+
+    def __init__(
+        self,
+        teacher: FrozenTeacher,
+        device: str | torch.device,
+        task: str,
+        mask_size: int,
+        overlap: float = 0.5,
+        keys: str = "image",
+    ) -> None:
+        super().__init__(keys)
+        self.teacher = teacher
+        self.device = torch.device(device)
+        self.occlusion = make_saliency(
+            "occlusion", teacher, task, mask_size=mask_size, overlap=overlap, normalize=False
+        )
+        self._lock = threading.Lock()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        item = dict(data)
+        image = item[self.keys[0]]
+        image = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+        with self._lock, torch.no_grad():
+            self.teacher.to(self.device)
+            evidence = self.occlusion(image.unsqueeze(0).to(self.device, torch.float32))
+        item[TEACHER_EVIDENCE] = evidence[0].to("cpu", torch.float32)
+        return item
+
+
+def teacher_evidence_transforms(
+    teacher: FrozenTeacher | None,
+    device: str | torch.device,
+    task: str,
+    image_size: int | Sequence[int],
+    cache_rate: float,
+    cache: str = "memory",
+) -> list[TeacherOcclusiond]:
+    """``[TeacherOcclusiond]`` with patches of an eighth of the image's side (the post-hoc occlusion's default), for
+    the training chain of configs/explainer/evidence_occlusion.yaml.
+
+    Raises:
+        ValueError: the maps would not be cached (as for ``teacher_output_transforms``), or no teacher is used.
+    """
+    _check_cached("evidence_occlusion", "the teacher's occlusion maps", cache_rate, cache)
     if teacher is None:
-        raise ValueError("precompute_teacher: this run uses no teacher (KD and VID weights are 0)")
-    return [TeacherOutputsd(teacher, device)]
+        raise ValueError("evidence_occlusion: this run uses no teacher (evidence_weight is 0)")
+    size = min(int(s) for s in image_size) if isinstance(image_size, Sequence) else int(image_size)
+    return [TeacherOcclusiond(teacher, device, task, mask_size=max(2, size // 8))]

@@ -14,7 +14,7 @@ from monai.transforms import Decollated
 from monai.utils import CommonKeys as Keys
 from torch.nn.parallel import DistributedDataParallel
 
-from bundle.engines.precompute import TEACHER_FEATURES, TEACHER_LOGITS
+from bundle.engines.precompute import TEACHER_EVIDENCE, TEACHER_FEATURES, TEACHER_LOGITS
 from bundle.losses.medtex import MedTexLoss
 from bundle.networks.features import FeatureRecorder
 from bundle.networks.medtex import MedTex
@@ -76,7 +76,8 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
     ``inferer(image, network)`` runs the explainer, which masks the image, and the student, which classifies the
     masked image (the mask is read by a forward hook on ``network.explainer``); with a fidelity weight the teacher
     also classifies the masked image (its weights frozen, gradients flowing to the mask); with an evidence weight one
-    more teacher pass and backward give its input gradient on the image (``MedTexLoss.teacher_evidence``);
+    more teacher pass and backward give its input gradient on the image (``MedTexLoss.teacher_evidence``), unless the
+    batch carries the teacher's occlusion maps (``teacher_evidence``, ``TeacherOcclusiond``: evidence_occlusion.yaml);
     ``MedTexLoss`` combines the terms.
     ``engine.state.output`` holds ``image``, ``label``, ``pred`` (student logits), ``mask``, ``loss`` (the total,
     as MONAI's handlers expect) and ``loss_ce``, ``loss_kd``, ``loss_vid``, ``loss_mask``, ``loss_fidelity``,
@@ -203,7 +204,9 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
                     teacher_masked_logits = engine.teacher(model.apply_mask(inputs, mask))[0]
                 if weights["deletion"] > 0:
                     teacher_deleted_logits = engine.teacher(model.remove_region(inputs, mask))[0]
-                if weights["evidence"] > 0:
+                if weights["evidence"] > 0 and TEACHER_EVIDENCE in batchdata:  # evidence_occlusion.yaml's maps
+                    evidence = batchdata[TEACHER_EVIDENCE].to(engine.state.device, torch.float32, engine.non_blocking)
+                elif weights["evidence"] > 0:
                     teacher = engine.teacher
                     evidence = engine.loss_function.teacher_evidence(lambda x: teacher(x)[0], inputs)
             terms = engine.loss_function(

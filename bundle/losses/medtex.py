@@ -40,7 +40,9 @@ class MedTexLoss(nn.Module):
             deletion ask only that the mask's region serve the teacher, which a mask can meet with one fixed region
             for every image; this term ties each image's mask to where that image's evidence lies, learned from
             importance targets as CXPlain does (Schwab and Karlen 2019). ``M`` is only compared in shape (the KL
-            ignores its scale), so its area stays the mask prior's.
+            ignores its scale), so its area stays the mask prior's. configs/explainer/evidence_occlusion.yaml gives
+            ``E`` as the teacher's occlusion map instead (``bundle.engines.precompute.TeacherOcclusiond``, computed
+            once per image while the data are cached; the trainer passes it in place of the gradient).
         evidence_kernel: the pooling window of ``E`` in pixels (odd; 1: none).
         temperature: KD temperature tau.
         vid: the VID module (regressors and variances) when ``vid_weight > 0``; one without layer pairs (a teacher
