@@ -199,6 +199,11 @@ def test_topk_gate_keeps_exactly_the_budget_of_highest_pixels_and_deletion_remov
     torch.testing.assert_close(model.remove_region(image, mask), image * (1 - expected))
     soft = MedTex(student, model.explainer)
     torch.testing.assert_close(soft.remove_region(image, mask), image * (1 - mask))
+    hard = MedTex(student, model.explainer, gate="hard").eval()
+    halves = torch.full_like(mask, 0.5)  # not kept by the gate (M > 0.5), so the deletion must keep it
+    for m in (mask.detach(), halves):
+        torch.testing.assert_close(hard.remove_region(image, m), image * (m <= 0.5).float())
+        torch.testing.assert_close(hard.apply_mask(image, m) + hard.remove_region(image, m), image)
     scripted = torch.jit.script(model)
     torch.testing.assert_close(scripted.apply_mask(image, mask), model.apply_mask(image, mask))
     other = MedTex(copy.deepcopy(student), copy.deepcopy(model.explainer), gate="topk", keep_fraction=0.2)

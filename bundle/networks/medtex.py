@@ -138,12 +138,10 @@ class MedTex(nn.Module):
 
     @torch.jit.export
     def remove_region(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The image with the mask's region removed, for the deletion term: ``M`` replaced by ``1 - M`` (soft and hard
-        gates), or the complement of the top-k pixels (top-k gate: the top-k of ``1 - M`` would be the least salient
-        pixels instead)."""
-        if self.topk_gate:
-            return self.blend(image, 1.0 - self.top_pixels(mask))
-        return self.apply_mask(image, 1.0 - mask)
+        """The image with the mask's region removed, for the deletion term: ``(1 - G(M)) * x + G(M) * b``, what the
+        gate keeps replaced by the baseline (the complement of the gate of ``M``, not the gate of ``1 - M``: the top-k
+        of ``1 - M`` would be the least salient pixels)."""
+        return self.blend(image, 1.0 - self.gate(mask))
 
     @torch.jit.export
     def apply_mask(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
