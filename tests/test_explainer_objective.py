@@ -13,7 +13,13 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.visualize import VanillaGrad
 from torch import nn
 
-from bundle.engines.precompute import TEACHER_EVIDENCE, TeacherOcclusiond, teacher_evidence_transforms
+from bundle.engines.precompute import (
+    TEACHER_EVIDENCE,
+    TEACHER_FEATURES,
+    TEACHER_LOGITS,
+    TeacherOcclusiond,
+    teacher_evidence_transforms,
+)
 from bundle.engines.trainer import MedTexTrainer
 from bundle.explain.saliency import make_saliency
 from bundle.losses import MaskPrior, MedTexLoss
@@ -107,18 +113,30 @@ def test_teacher_evidence_is_monais_vanillagrad_of_the_predicted_class_per_image
         MedTexLoss("multiclass", evidence_kernel=4)
 
 
-def test_one_iteration_computes_the_evidence_term_against_the_teachers_gradient_and_moves_the_explainer(tmp_path):
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_one_iteration_computes_the_evidence_term_against_the_teachers_gradient_and_moves_the_explainer(
+    tmp_path, precomputed
+):
+    """One teacher pass serves KD and the evidence (online) or the evidence alone (outputs precomputed); the KD and
+    evidence terms both match their values worked out from the teacher called directly."""
     torch.manual_seed(0)
     model, teacher = tiny_medtex("soft"), tiny_teacher(tmp_path)
     calls = []
     teacher.network.register_forward_hook(lambda *args: calls.append(1))
     loss = MedTexLoss("multiclass", kd_weight=1.0, fidelity_weight=0.0, evidence_weight=2.0, evidence_kernel=3)
     batch = {"image": torch.randn(4, 1, 32, 32), "label": torch.tensor([0, 1, 0, 1])}
+    with torch.no_grad():
+        teacher_logits = teacher.network(batch["image"])
+    if precomputed:
+        batch.update({TEACHER_LOGITS: teacher_logits, TEACHER_FEATURES: []})
+    calls.clear()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay, the gradients are kept
     trainer = MedTexTrainer("cpu", 1, [batch], model, optimizer, loss, teacher=teacher, decollate=False)
     trainer.run()
-    assert len(calls) == 2  # the teacher on x for KD, and again with gradients for the evidence
+    assert len(calls) == 1  # one pass with input gradients: KD's logits (unless given) and the evidence
     output = trainer.state.output
+    expected_kd = loss.kd(output["pred"].detach(), teacher_logits)
+    assert float(output["loss_kd"]) == pytest.approx(float(expected_kd), rel=1e-5)
     vanilla = VanillaGrad(teacher.network)
     with torch.no_grad():
         mask = model.mask(batch["image"])

@@ -76,8 +76,9 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
     ``inferer(image, network)`` runs the explainer, which masks the image, and the student, which classifies the
     masked image (the mask is read by a forward hook on ``network.explainer``); with a fidelity weight the teacher
     also classifies the masked image (its weights frozen, gradients flowing to the mask); with an evidence weight one
-    more teacher pass and backward give its input gradient on the image (``MedTexLoss.teacher_evidence``), unless the
-    batch carries the teacher's occlusion maps (``teacher_evidence``, ``TeacherOcclusiond``: evidence_occlusion.yaml);
+    the teacher's pass on the image runs with input gradients instead, and its backward gives the input gradient
+    (``MedTexLoss.evidence_of``), unless the batch carries the teacher's occlusion maps (``teacher_evidence``,
+    ``TeacherOcclusiond``: evidence_occlusion.yaml);
     ``MedTexLoss`` combines the terms.
     ``engine.state.output`` holds ``image``, ``label``, ``pred`` (student logits), ``mask``, ``loss`` (the total,
     as MONAI's handlers expect) and ``loss_ce``, ``loss_kd``, ``loss_vid``, ``loss_mask``, ``loss_fidelity``,
@@ -171,17 +172,34 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
         inputs, targets = batch[0], batch[1]
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
 
-        teacher_logits, teacher_features = None, []
+        teacher_logits, teacher_features, evidence = None, [], None
+        weights = engine.loss_function.weights
+        # the evidence term's target: the occlusion maps the batch carries (evidence_occlusion.yaml), else the
+        # teacher's input gradient; without an explainer there is no mask to compare it with
+        wants_evidence = weights["evidence"] > 0 and engine.teacher is not None and engine.mask_recorder is not None
+        if wants_evidence and TEACHER_EVIDENCE in batchdata:
+            evidence = batchdata[TEACHER_EVIDENCE].to(engine.state.device, torch.float32, engine.non_blocking)
         if TEACHER_LOGITS in batchdata:  # computed once per image while the data were cached (precompute_teacher)
             to_device = {"device": engine.state.device, "dtype": torch.float32, "non_blocking": engine.non_blocking}
             teacher_logits = batchdata[TEACHER_LOGITS].to(**to_device)
             teacher_features = [f.to(**to_device) for f in batchdata[TEACHER_FEATURES]]
+        elif engine.teacher is not None and wants_evidence and evidence is None:
+            # one pass with input gradients gives the logits and features for KD and VID and the gradient evidence
+            images = inputs.detach().float().requires_grad_(True)
+            with torch.enable_grad():
+                teacher_logits, teacher_features = engine.teacher(images)
+                evidence = engine.loss_function.evidence_of(teacher_logits, images)
+            teacher_logits = teacher_logits.detach()
+            teacher_features = [f.detach() for f in teacher_features]
         elif engine.teacher is not None:
             with torch.inference_mode():
                 teacher_logits, teacher_features = engine.teacher(inputs)
             # inference tensors cannot be saved for backward; clones made outside inference mode can
             teacher_logits = teacher_logits.clone()
             teacher_features = [f.clone() for f in teacher_features]
+        if wants_evidence and evidence is None:  # the teacher's outputs came with the batch: a pass for the gradient
+            teacher = cast(FrozenTeacher, engine.teacher)
+            evidence = engine.loss_function.teacher_evidence(lambda x: teacher(x)[0], inputs)
 
         def compute_loss() -> dict[str, torch.Tensor]:
             logits = engine.inferer(inputs, engine.network)
@@ -194,8 +212,7 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
             engine.state.output[MASK] = mask
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             student_features = engine.student_features.features if engine.student_features is not None else []
-            teacher_masked_logits = teacher_deleted_logits = evidence = None
-            weights = engine.loss_function.weights
+            teacher_masked_logits = teacher_deleted_logits = None
             if engine.teacher is not None and engine.mask_recorder is not None:
                 # after the student's pass, whose features were read above; the teacher's hooks record again.
                 # Without an explainer x' = x: fidelity is zero and deletion meaningless, so no more teacher passes.
@@ -204,11 +221,6 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
                     teacher_masked_logits = engine.teacher(model.apply_mask(inputs, mask))[0]
                 if weights["deletion"] > 0:
                     teacher_deleted_logits = engine.teacher(model.remove_region(inputs, mask))[0]
-                if weights["evidence"] > 0 and TEACHER_EVIDENCE in batchdata:  # evidence_occlusion.yaml's maps
-                    evidence = batchdata[TEACHER_EVIDENCE].to(engine.state.device, torch.float32, engine.non_blocking)
-                elif weights["evidence"] > 0:
-                    teacher = engine.teacher
-                    evidence = engine.loss_function.teacher_evidence(lambda x: teacher(x)[0], inputs)
             terms = engine.loss_function(
                 logits,
                 targets,

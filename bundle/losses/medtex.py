@@ -174,17 +174,21 @@ class MedTexLoss(nn.Module):
     def teacher_evidence(
         self, teacher_logits_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
     ) -> torch.Tensor:
-        """``E`` of ``evidence_weight`` for a batch, ``(B, 1, H, W)``, without gradients.
+        """``E`` of ``evidence_weight`` for a batch, ``(B, 1, H, W)``, without gradients (``evidence_of`` of a pass of
+        the teacher on ``images`` with input gradients)."""
+        inputs = images.detach().float().requires_grad_(True)
+        with torch.enable_grad():
+            return self.evidence_of(teacher_logits_of(inputs), inputs)
+
+    def evidence_of(self, logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """``E`` from the teacher's ``logits`` of ``inputs`` (a leaf that requires grad), ``(B, 1, H, W)``, detached.
 
         Written here rather than with MONAI's ``VanillaGrad``, which takes one image at a time: one backward of the
         batch's summed predicted-class logits gives each image its own gradient (the images do not interact in a
         network in eval mode). ``torch.autograd.grad`` leaves the teacher's parameters' ``.grad`` untouched.
         """
-        with torch.enable_grad():
-            inputs = images.detach().float().requires_grad_(True)
-            logits = teacher_logits_of(inputs)
-            predicted = logits.detach().argmax(dim=1, keepdim=True)
-            (gradient,) = torch.autograd.grad(logits.gather(1, predicted).sum(), inputs)
+        predicted = logits.detach().argmax(dim=1, keepdim=True)
+        (gradient,) = torch.autograd.grad(logits.gather(1, predicted).sum(), inputs)
         evidence = gradient.abs().amax(dim=1, keepdim=True)
         if self.evidence_kernel > 1:
             evidence = F.avg_pool2d(
