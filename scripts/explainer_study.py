@@ -24,7 +24,7 @@ Written to ``--results`` (default ``<out>/results``): ``explainer_ablation_<task
 variant: means and worst seed; goals checked against GradCAM and occlusion on the same teacher and chance),
 ``explainer_tradeoff_<task>_<size>px.png`` (pointing game against student AUC and mask size, one point per variant
 and seed, the goals drawn in), ``saliency_seeds_<task>.{csv,png}`` (one row per variant and seed; the picture: test
-images with the lesion outline, the variant's mask for each seed, GradCAM and occlusion),
+images with the lesion outline, the masks of each ``--grid-variants`` variant for each seed, GradCAM and occlusion),
 ``saliency_sanity_<task>.{csv,md,png}`` and report.html.
 Every row records the code version (git commit) that made it.
 """
@@ -40,7 +40,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from monai.bundle import ConfigParser
@@ -136,6 +136,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-only", action="store_true", help="train what is missing; score nothing")
     parser.add_argument("--results", type=Path, help="tables and pictures (default <out>/results)")
     parser.add_argument("--n-grid", type=int, default=4, help="test images with a lesion in the picture (4)")
+    parser.add_argument(
+        "--grid-variants",
+        nargs="+",
+        choices=list(variants),
+        metavar="VARIANT",
+        help="variants whose masks the picture "
+        "shows, a column per seed (default: the sanity variant, else the first that ran)",
+    )
     args = parser.parse_args(argv)
     args.results = args.results or args.out / "results"
     args.variants = list(dict.fromkeys(args.variants))
@@ -410,16 +418,12 @@ def report(args: argparse.Namespace, variants: dict[str, list[str]], sanity: dic
         args.results / f"explainer_ablation_{stem_size}.md", ablation, references, chance, args, seed_rows
     )
     write_tradeoff_plot(args.results / f"explainer_tradeoff_{stem_size}.png", seed_rows, chance)
-    grid_variant = args.sanity_variant if args.sanity_variant in runs else next(iter(runs), None)
-    if grid_variant is not None:
+    # the default's and a candidate's masks side by side: --grid-variants medtex explainer_x
+    wanted = args.grid_variants or [args.sanity_variant if args.sanity_variant in runs else next(iter(runs), "")]
+    grid_runs = {variant: runs[variant] for variant in wanted if variant in runs}
+    if grid_runs:
         write_seed_grid(
-            args.results / f"saliency_seeds_{args.task}.png",
-            images,
-            masks,
-            runs[grid_variant],
-            references,
-            grid_variant,
-            args.n_grid,
+            args.results / f"saliency_seeds_{args.task}.png", images, masks, grid_runs, references, args.n_grid
         )
     if sanity:
         write_sanity(args, parser, teacher, images, task, variants, sanity)
@@ -662,20 +666,21 @@ def write_seed_grid(
     path: Path,
     images: torch.Tensor,
     masks: torch.Tensor,
-    runs: dict[int, dict[str, Any]],
+    runs: dict[str, dict[int, dict[str, Any]]],
     references: dict[str, dict[str, Any]],
-    variant: str,
     n_rows: int,
-) -> None:
-    """Rows: test images with a lesion; columns: the image with the lesion outline, the variant's mask per seed,
-    GradCAM and occlusion on the teacher, each with the outline drawn over it."""
+) -> list[str]:
+    """Rows: test images with a lesion; columns: the image with the lesion outline, each variant's mask per seed
+    (``runs``: variant -> seed -> run), GradCAM and occlusion on the teacher, each with the outline drawn over it.
+    Returns the column titles."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     chosen = [i for i in range(images.shape[0]) if masks[i].amax() > 0][:n_rows]
-    columns = [("image", None)] + [(f"{variant} seed {s}", runs[s]["maps"]) for s in sorted(runs)]
+    columns: list[tuple[str, Optional[torch.Tensor]]] = [("image", None)]
+    columns += [(f"{variant} seed {s}", seeds[s]["maps"]) for variant, seeds in runs.items() for s in sorted(seeds)]
     columns += [(name, references[name]["maps"]) for name in references]
     figure, axes = plt.subplots(
         len(chosen), len(columns), figsize=(1.7 * len(columns), 1.7 * len(chosen)), squeeze=False
@@ -708,6 +713,7 @@ def write_seed_grid(
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return [title for title, _ in columns]
 
 
 if __name__ == "__main__":

@@ -154,3 +154,13 @@ def test_peak_spread_is_distinct_peak_positions_over_images():
     maps[0, 0, 1, 1] = maps[1, 0, 1, 1] = maps[2, 0, 1, 1] = 1.0  # three maps peak at the centre
     maps[3, 0, 2, 0] = 1.0
     assert explainer_study.peak_spread(maps) == 0.5  # two positions, four maps
+
+
+def test_the_seed_grid_shows_every_chosen_variants_seeds_then_the_references(tmp_path):
+    images, masks = torch.rand(3, 1, 16, 16), torch.zeros(3, 1, 16, 16)
+    masks[1:, :, 4:8, 4:8] = 1.0  # images 1 and 2 have a lesion
+    run = {"maps": torch.rand(3, 1, 16, 16)}
+    runs = {"medtex": {1: run, 0: run}, "explainer_blur": {2: run}}
+    titles = explainer_study.write_seed_grid(tmp_path / "grid.png", images, masks, runs, {"occlusion": run}, n_rows=4)
+    assert titles == ["image", "medtex seed 0", "medtex seed 1", "explainer_blur seed 2", "occlusion"]
+    assert (tmp_path / "grid.png").stat().st_size > 5_000
