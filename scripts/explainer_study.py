@@ -680,7 +680,11 @@ def write_seed_grid(
 
     chosen = [i for i in range(images.shape[0]) if masks[i].amax() > 0][:n_rows]
     columns: list[tuple[str, Optional[torch.Tensor]]] = [("image", None)]
-    columns += [(f"{variant} seed {s}", seeds[s]["maps"]) for variant, seeds in runs.items() for s in sorted(seeds)]
+    columns += [
+        (f"{variant.removeprefix('explainer_')}\nseed {s}", seeds[s]["maps"])  # two short lines: titles do not overlap
+        for variant, seeds in runs.items()
+        for s in sorted(seeds)
+    ]
     columns += [(name, references[name]["maps"]) for name in references]
     figure, axes = plt.subplots(
         len(chosen), len(columns), figsize=(1.7 * len(columns), 1.7 * len(chosen)), squeeze=False

@@ -162,5 +162,5 @@ def test_the_seed_grid_shows_every_chosen_variants_seeds_then_the_references(tmp
     run = {"maps": torch.rand(3, 1, 16, 16)}
     runs = {"medtex": {1: run, 0: run}, "explainer_blur": {2: run}}
     titles = explainer_study.write_seed_grid(tmp_path / "grid.png", images, masks, runs, {"occlusion": run}, n_rows=4)
-    assert titles == ["image", "medtex seed 0", "medtex seed 1", "explainer_blur seed 2", "occlusion"]
+    assert titles == ["image", "medtex\nseed 0", "medtex\nseed 1", "blur\nseed 2", "occlusion"]
     assert (tmp_path / "grid.png").stat().st_size > 5_000
