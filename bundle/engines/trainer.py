@@ -75,7 +75,7 @@ class MedTexTrainer(DecollateWithoutSync, SupervisedTrainer):
     ``bundle.engines.precompute.TeacherOutputsd``, computed once per image while the data were cached);
     ``inferer(image, network)`` runs the explainer, which masks the image, and the student, which classifies the
     masked image (the mask is read by a forward hook on ``network.explainer``); with a fidelity weight the teacher
-    also classifies the masked image (its weights frozen, gradients flowing to the mask); with an evidence weight one
+    also classifies the masked image (its weights frozen, gradients flowing to the mask); with an evidence weight
     the teacher's pass on the image runs with input gradients instead, and its backward gives the input gradient
     (``MedTexLoss.evidence_of``), unless the batch carries the teacher's occlusion maps (``teacher_evidence``,
     ``TeacherOcclusiond``: evidence_occlusion.yaml);
