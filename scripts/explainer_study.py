@@ -141,8 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=list(variants),
         metavar="VARIANT",
-        help="variants whose masks the picture "
-        "shows, a column per seed (default: the sanity variant, else the first that ran)",
+        help="variants whose masks the picture shows, a column per seed (default: the sanity variant, else the first)",
     )
     args = parser.parse_args(argv)
     args.results = args.results or args.out / "results"
