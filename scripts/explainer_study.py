@@ -714,7 +714,8 @@ def write_seed_grid(
                 axis.set_title(title, fontsize=7)
     figure.suptitle("green: lesion outline; +: the map's peak (pointing game)", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    # at most 1200 px wide: a picture of several variants' seeds stays under the Model Zoo's 1 MB file limit
+    figure.savefig(path, dpi=min(110, 1200 / figure.get_figwidth()))
     plt.close(figure)
     return [title for title, _ in columns]
 

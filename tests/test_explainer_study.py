@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from bundle.datasets.demo import generate_demo_data
 from bundle.explain import map_similarity, pointing_game
@@ -164,3 +165,6 @@ def test_the_seed_grid_shows_every_chosen_variants_seeds_then_the_references(tmp
     titles = explainer_study.write_seed_grid(tmp_path / "grid.png", images, masks, runs, {"occlusion": run}, n_rows=4)
     assert titles == ["image", "medtex\nseed 0", "medtex\nseed 1", "blur\nseed 2", "occlusion"]
     assert (tmp_path / "grid.png").stat().st_size > 5_000
+    wide = {"medtex": {s: run for s in range(3)}, "explainer_blur": {s: run for s in range(3)}}
+    explainer_study.write_seed_grid(tmp_path / "wide.png", images, masks, wide, {"occlusion": run}, n_rows=4)
+    assert Image.open(tmp_path / "wide.png").width <= 1200  # under the Model Zoo's 1 MB limit for results
