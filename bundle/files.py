@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,19 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def temporary_beside(path: Path) -> Path:
+    """A hidden ``.part-<unique>-<name>`` beside ``path``: the same suffix, so writers pick the same format, and a name
+    of this writer's own, so that two processes writing the same file at once (ranks sharing a disk cache) never
+    rename or remove each other's temporary."""
+    return path.with_name(f"{PART}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` to a hidden ``.part-<name>`` beside ``path`` (same suffix, so writers pick the same format),
-    fsync it, rename it over ``path`` (atomic on POSIX and Windows) and fsync the folder so the rename survives a
-    power cut. A failure or a kill leaves the old file; a failure also removes the temporary one."""
+    """``write(tmp)`` to a hidden temporary beside ``path`` (``temporary_beside``), fsync it, rename it over ``path``
+    (atomic on POSIX and Windows) and fsync the folder so the rename survives a power cut. A failure or a kill leaves
+    the old file; a failure also removes the temporary one. Concurrent writers each land whole; the last one wins."""
     path = Path(path)
-    tmp = path.with_name(PART + path.name)
+    tmp = temporary_beside(path)
     try:
         write(tmp)
         _fsync(tmp)
@@ -45,7 +53,7 @@ def write_together(writes: Sequence[tuple[str | os.PathLike, Callable[[Path], An
     between the renames can leave some in place; the caller records the set as done only after this returns, so a
     resumed run writes them again."""
     pairs = [(Path(path), path_write) for path, path_write in writes]
-    temporaries = [path.with_name(PART + path.name) for path, _ in pairs]
+    temporaries = [temporary_beside(path) for path, _ in pairs]
     try:
         for (_, write), tmp in zip(pairs, temporaries):
             write(tmp)

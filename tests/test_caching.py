@@ -175,6 +175,36 @@ def test_two_processes_filling_one_cache_at_once_leave_whole_entries(fundus, tmp
     assert not [p for p in cache_dir.rglob("*") if p.name.startswith(".part-")]
 
 
+def test_a_content_index_saved_while_another_writer_is_saving_it_lands_whole_for_both(tmp_path):
+    """Two ranks saving ``content_index.json`` at once (the second saves while the first is between writing its
+    temporary and renaming it): both saves succeed, the first's rename lands last, and nothing temporary is left.
+    With one shared temporary name the second rename took the first's file away (FileNotFoundError on rank 0)."""
+    image = tmp_path / "a.png"
+    image.write_bytes(b"pixels")
+    first, second = caching.ContentIndex(tmp_path), caching.ContentIndex(tmp_path)
+    first.digest(str(image))
+    second.entries["other|1|1"] = "f" * 64
+    second.added = 1
+    write = caching.write_atomically
+
+    def first_write(path, fill):
+        def fill_then_let_the_other_rank_save(tmp):
+            fill(tmp)
+            caching.write_atomically = write  # the other rank saves the plain way
+            second.save()
+
+        write(path, fill_then_let_the_other_rank_save)
+
+    caching.write_atomically = first_write
+    try:
+        first.save()
+    finally:
+        caching.write_atomically = write
+    saved = json.loads((tmp_path / "content_index.json").read_text())
+    assert list(saved.values()) == [caching.file_sha256(image)]  # the first writer's merge, renamed last
+    assert not list(tmp_path.glob(".part-*"))
+
+
 def test_auto_keeps_what_fits_in_memory_and_writes_the_rest_to_disk(fundus, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="bundle.data.caching"):
         fits = _parser(fundus, tmp_path / "c", cache="auto").get_parsed_content("validate#dataset")
