@@ -26,18 +26,10 @@ TEACHER_FEATURES = "teacher_features"
 TEACHER_EVIDENCE = "teacher_evidence"
 
 
-class TeacherOutputsd(MapTransform):
-    """Add the frozen teacher's logits (``teacher_logits``) and features (``teacher_features``) of one image.
-
-    The outputs are kept on the CPU, in bfloat16 when the teacher computes in bfloat16 (nothing is lost: its outputs
-    are bfloat16 values), else in float32. The teacher runs one image at a time, under a lock: ``CacheDataset``
-    fills its cache from several threads and the teacher's feature hooks keep one pass's outputs at a time.
-
-    Args:
-        teacher: the frozen teacher the trainer would otherwise run.
-        device: where the teacher runs (the training device).
-        keys: the image key.
-    """
+class _PerImageTeacherd(MapTransform):
+    """Add what the frozen teacher computes from one image (``outputs``) to its item. The teacher runs one image at a
+    time, under a lock: ``CacheDataset`` fills its cache from several threads and the teacher's feature hooks keep one
+    pass's outputs at a time."""
 
     def __init__(self, teacher: FrozenTeacher, device: str | torch.device, keys: str = "image") -> None:
         super().__init__(keys)
@@ -51,11 +43,33 @@ class TeacherOutputsd(MapTransform):
         image = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
         with self._lock, torch.no_grad():
             self.teacher.to(self.device)
-            logits, features = self.teacher(image.unsqueeze(0).to(self.device, torch.float32))
-            dtype = torch.bfloat16 if self.teacher.computes_in_bf16(self.device.type) else torch.float32
-            item[TEACHER_LOGITS] = logits[0].to("cpu", dtype)
-            item[TEACHER_FEATURES] = [f[0].to("cpu", dtype).contiguous() for f in features]
+            item.update(self.outputs(image.unsqueeze(0).to(self.device, torch.float32)))
         return item
+
+    def outputs(self, batch: torch.Tensor) -> dict[str, Any]:
+        """The entries to add, from the teacher on ``batch`` (the image, ``(1, C, H, W)``), on the CPU."""
+        raise NotImplementedError
+
+
+class TeacherOutputsd(_PerImageTeacherd):
+    """Add the frozen teacher's logits (``teacher_logits``) and features (``teacher_features``) of one image.
+
+    The outputs are kept on the CPU, in bfloat16 when the teacher computes in bfloat16 (nothing is lost: its outputs
+    are bfloat16 values), else in float32.
+
+    Args:
+        teacher: the frozen teacher the trainer would otherwise run.
+        device: where the teacher runs (the training device).
+        keys: the image key.
+    """
+
+    def outputs(self, batch: torch.Tensor) -> dict[str, Any]:
+        logits, features = self.teacher(batch)
+        dtype = torch.bfloat16 if self.teacher.computes_in_bf16(self.device.type) else torch.float32
+        return {
+            TEACHER_LOGITS: logits[0].to("cpu", dtype),
+            TEACHER_FEATURES: [f[0].to("cpu", dtype).contiguous() for f in features],
+        }
 
 
 def teacher_output_transforms(
@@ -102,7 +116,7 @@ def _check_cached(option: str, what: str, cache_rate: float, cache: str) -> None
         )
 
 
-class TeacherOcclusiond(MapTransform):
+class TeacherOcclusiond(_PerImageTeacherd):
     """Add the teacher's occlusion map of one image (``teacher_evidence``, ``(1, H, W)`` float32 on the CPU).
 
     The map is ``bundle.explain.saliency``'s ``occlusion`` (MONAI's ``OcclusionSensitivity``), unnormalised: the drop
@@ -129,23 +143,13 @@ class TeacherOcclusiond(MapTransform):
         overlap: float = 0.5,
         keys: str = "image",
     ) -> None:
-        super().__init__(keys)
-        self.teacher = teacher
-        self.device = torch.device(device)
+        super().__init__(teacher, device, keys)
         self.occlusion = make_saliency(
             "occlusion", teacher, task, mask_size=mask_size, overlap=overlap, normalize=False
         )
-        self._lock = threading.Lock()
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        item = dict(data)
-        image = item[self.keys[0]]
-        image = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
-        with self._lock, torch.no_grad():
-            self.teacher.to(self.device)
-            evidence = self.occlusion(image.unsqueeze(0).to(self.device, torch.float32))
-        item[TEACHER_EVIDENCE] = evidence[0].to("cpu", torch.float32)
-        return item
+    def outputs(self, batch: torch.Tensor) -> dict[str, Any]:
+        return {TEACHER_EVIDENCE: self.occlusion(batch)[0].to("cpu", torch.float32)}
 
 
 def teacher_evidence_transforms(
