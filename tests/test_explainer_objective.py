@@ -13,6 +13,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.visualize import VanillaGrad
 from torch import nn
 
+from bundle.data.caching import logger as caching_logger
 from bundle.engines.precompute import (
     TEACHER_EVIDENCE,
     TEACHER_FEATURES,
@@ -181,8 +182,9 @@ def test_teacher_occlusion_is_positive_where_the_teacher_looks_and_zero_elsewher
     # the same map as the post-hoc occlusion baseline that scripts/compare_saliency.py scores, before normalising
     expected = make_saliency("occlusion", net, "multiclass", mask_size=4, overlap=0.5, normalize=False)(image[None])
     torch.testing.assert_close(evidence, expected[0])
-    with pytest.raises(ValueError, match="cache: memory"):
-        teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=1.0, cache="disk")
+    with pytest.raises(ValueError, match="cache: memory or cache: disk"):
+        teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=1.0, cache="auto")
+    teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=0.5, cache="disk")  # disk keeps all
     with pytest.raises(ValueError, match="cache_rate: 1.0"):
         teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=0.5, cache="memory")
     (transform,) = teacher_evidence_transforms(teacher, "cpu", "multiclass", [64, 48], cache_rate=1.0)
@@ -237,7 +239,57 @@ def test_evidence_occlusion_overlay_caches_the_maps_and_moves_them_with_the_imag
     )
     with pytest.raises((ValueError, RuntimeError)) as error:  # MONAI wraps a config expression's error: RuntimeError
         uncached.initialize()
-    assert any("evidence_occlusion needs cache: memory" in str(e) for e in (error.value, error.value.__cause__))
+    assert any("evidence_occlusion needs cache: memory or" in str(e) for e in (error.value, error.value.__cause__))
+
+
+def test_evidence_occlusion_maps_on_the_disk_cache_are_the_teachers_and_are_keyed_by_its_weights(
+    tmp_path, data, teacher_ckpt, monkeypatch
+):
+    """cache: disk: every entry written holds the teacher's occlusion map of its (un-augmented) image, computed in
+    this process (num_workers 2 notwithstanding: a GPU teacher cannot run in forked workers); a second run with the
+    same teacher writes nothing and trains on them; a teacher with other weights gets a cache of its own."""
+    messages: list[str] = []  # on the module's logger: the bundle's logging.conf replaces the root's handlers
+    monkeypatch.setattr(caching_logger, "info", lambda message, *args: messages.append(message % args))
+    files = [str(ROOT / "configs" / "train.yaml"), str(ROOT / "configs" / "explainer" / "evidence_occlusion.yaml")]
+    cache_dir = tmp_path / "cache"
+    settings = {
+        "dataset_dir": str(data), "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models"),
+        "image_size": 32, "batch_size": 4, "num_workers": 2, "max_epochs": 1, "preflight": False,
+        "use_unlabeled": False, "cache": "disk", "cache_dir": str(cache_dir),
+    }  # fmt: skip
+
+    def workflow(ckpt: Path) -> ConfigWorkflow:
+        run = ConfigWorkflow(config_file=files, workflow_type="train", teacher_ckpt=str(ckpt), **settings)
+        run.initialize()
+        return run
+
+    first = workflow(teacher_ckpt)
+    dataset = first.parser.get_parsed_content("train#dataset")
+    teacher = first.parser.get_parsed_content("train#trainer#teacher")
+    entries = sorted(dataset.folder.rglob("*.pt"))
+    assert len(entries) == len(dataset) == 8
+    assert "disk cache: filled in this process (its preprocessing runs a network)" in messages
+    occlusion = make_saliency("occlusion", teacher, "multiclass", mask_size=4, overlap=0.5, normalize=False)
+    for path in entries:
+        entry = torch.load(path, weights_only=True)
+        expected = occlusion(torch.as_tensor(entry["image"])[None].float())[0]
+        torch.testing.assert_close(entry[TEACHER_EVIDENCE], expected)
+        assert entry[TEACHER_EVIDENCE].amax() > 0
+    written = {path: path.stat().st_mtime_ns for path in entries}
+
+    second = workflow(teacher_ckpt)
+    assert second.parser.get_parsed_content("train#dataset").folder == dataset.folder
+    assert {path: path.stat().st_mtime_ns for path in dataset.folder.rglob("*.pt")} == written  # read, not rewritten
+    second.run()
+    assert float(second.parser.get_parsed_content("train#trainer").state.output[0]["loss_evidence"]) > 0
+
+    state = torch.load(teacher_ckpt, weights_only=True)
+    state["model"] = {
+        name: value * 1.01 if value.is_floating_point() else value for name, value in state["model"].items()
+    }
+    torch.save(state, tmp_path / "other_teacher.pt")
+    other = workflow(tmp_path / "other_teacher.pt").parser.get_parsed_content("train#dataset")
+    assert other.folder != dataset.folder and len(list(other.folder.rglob("*.pt"))) == 8
 
 
 # set by evidence_occlusion.yaml for the data pipeline, checked by the test above

@@ -123,10 +123,16 @@ def _precompute_workflow(tmp_path, data, teacher_ckpt, **override) -> ConfigWork
     return _tiny_workflow(["train.yaml", "precompute_teacher.yaml"], tmp_path, data, **{**settings, **override})
 
 
-def test_precomputed_teacher_outputs_give_the_same_losses_with_one_teacher_pass_less(tmp_path, data, teacher_ckpt):
-    """With augmentation off the cached teacher outputs are those of the online pass, and the iteration uses them."""
-    parser = _precompute_workflow(tmp_path, data, teacher_ckpt).parser
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_precomputed_teacher_outputs_give_the_same_losses_with_one_teacher_pass_less(
+    cache, tmp_path, data, teacher_ckpt
+):
+    """With augmentation off the cached teacher outputs (in memory, or on disk keyed by the teacher's weights) are
+    those of the online pass, and the iteration uses them."""
+    parser = _precompute_workflow(tmp_path, data, teacher_ckpt, cache=cache, cache_dir=str(tmp_path / "cache")).parser
     dataset = parser.get_parsed_content("train#dataset")
+    if cache == "disk":
+        assert len(list(dataset.folder.rglob("*.pt"))) == len(dataset)
     trainer = parser.get_parsed_content("train#trainer")
     teacher = trainer.teacher
     items = [dataset[i] for i in range(4)]

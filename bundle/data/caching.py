@@ -200,9 +200,14 @@ def cached_part(transform: Compose) -> list[Any]:
 
 def preprocessing_key(transform: Compose) -> str:
     """SHA-256 of the cached preprocessing: the pickled transforms (their settings), MONAI's and torch's versions and
-    the source of the bundle's data code, so that a change to any of them starts a new cache."""
+    the source of the bundle's data code, so that a change to any of them starts a new cache.
+
+    A transform with a ``cache_identity()`` method is keyed by what it returns instead of its pickle: a transform that
+    runs a network (the teacher's outputs or occlusion maps, ``bundle.engines.precompute``) names the network's
+    weights and its own code there, which pickle cannot stand for (locks, forward hooks, an ONNX session)."""
     digest = hashlib.sha256()
-    digest.update(pickle.dumps(cached_part(transform), protocol=4))
+    cached = [t.cache_identity() if callable(getattr(t, "cache_identity", None)) else t for t in cached_part(transform)]
+    digest.update(pickle.dumps(cached, protocol=4))
     digest.update(f"monai {monai.__version__} torch {torch.__version__}".encode())
     here = Path(__file__).parent
     for name in _DATA_CODE:
@@ -352,6 +357,10 @@ def fill_disk_cache(dataset: ContentKeyedPersistentDataset, num_workers: int, pr
     rank, world = _rank_and_world()
     start = time.perf_counter()
     mine = dataset.missing(range(rank, len(dataset.data), world))
+    if mine and num_workers and any(getattr(t, "runs_a_network", False) for t in cached_part(dataset.transform)):
+        # a network on a GPU cannot run in forked worker processes, and on a CPU the workers would each hold a copy
+        logger.info("disk cache: filled in this process (its preprocessing runs a network)")
+        num_workers = 0
     if mine:
         loader = torch.utils.data.DataLoader(
             _FillEntries(dataset, mine), batch_size=8, num_workers=num_workers, collate_fn=_count

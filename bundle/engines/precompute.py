@@ -3,15 +3,20 @@ teacher's occlusion evidence, the explainer's target of configs/explainer/eviden
 
 Without augmentation every epoch shows the frozen teacher the same images, so its logits and VID features are the
 same every epoch too. A transform at the end of the training chain's deterministic part lets MONAI's
-``CacheDataset`` compute them once, while it caches the images, and ``MedTexTrainer`` then skips the teacher's pass
+``CacheDataset`` (or the disk cache, ``bundle.data.caching``) compute them once, while it caches the images, and
+``MedTexTrainer`` then skips the teacher's pass
 on the clean image in every iteration. The teacher still classifies the masked image when the fidelity term is on
 (that pass depends on the explainer being trained).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 import threading
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,18 +29,43 @@ from bundle.networks.teacher import FrozenTeacher
 TEACHER_LOGITS = "teacher_logits"
 TEACHER_FEATURES = "teacher_features"
 TEACHER_EVIDENCE = "teacher_evidence"
+# the modules whose code computes the cached outputs: a change to any of them starts a new disk cache
+_OUTPUT_CODE = (__name__, "bundle.explain.saliency", "bundle.networks.teacher")
 
 
 class _PerImageTeacherd(MapTransform):
     """Add what the frozen teacher computes from one image (``outputs``) to its item. The teacher runs one image at a
     time, under a lock: ``CacheDataset`` fills its cache from several threads and the teacher's feature hooks keep one
-    pass's outputs at a time."""
+    pass's outputs at a time. ``cache_identity`` keys a disk cache of the outputs (``bundle.data.caching``) by the
+    teacher's weights and this code, so another teacher, device kind or version never reads them;
+    ``runs_a_network`` makes the disk cache fill in this process rather than in forked workers."""
+
+    runs_a_network = True
 
     def __init__(self, teacher: FrozenTeacher, device: str | torch.device, keys: str = "image") -> None:
         super().__init__(keys)
         self.teacher = teacher
         self.device = torch.device(device)
         self._lock = threading.Lock()
+
+    def settings(self) -> dict[str, Any]:
+        """What, beside the teacher, decides the outputs (for ``cache_identity``)."""
+        return {}
+
+    def cache_identity(self) -> str:
+        code = b"".join(Path(sys.modules[m].__file__ or "").read_bytes() for m in _OUTPUT_CODE)
+        return json.dumps(
+            {
+                "transform": type(self).__name__,
+                "keys": list(self.keys),
+                "device": self.device.type,
+                "bf16": self.teacher.computes_in_bf16(self.device.type),
+                "teacher": self.teacher.identity,
+                "code": hashlib.sha256(code).hexdigest(),
+                **self.settings(),
+            },
+            sort_keys=True,
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         item = dict(data)
@@ -84,9 +114,9 @@ def teacher_output_transforms(
 
     Raises:
         ValueError: the cached outputs would be wrong (random augmentation changes the image every epoch) or would
-            not be cached (``cache_rate`` below 1 recomputes them per item and epoch, slower than the trainer's
-            batched pass; a disk cache would run the teacher in the loader's worker processes), or no teacher is
-            used.
+            not be cached (``cache`` neither ``memory`` nor ``disk``, or a memory cache's ``cache_rate`` below 1,
+            would recompute them per item and epoch, slower than the trainer's batched pass), or no teacher is used.
+            A disk cache keeps them keyed by the teacher's weights (``cache_identity``), filled in this process.
     """
     if not precompute:
         return []
@@ -103,16 +133,17 @@ def teacher_output_transforms(
 
 
 def _check_cached(option: str, what: str, cache_rate: float, cache: str) -> None:
-    """Raise unless every training item is cached in this process's memory (see ``teacher_output_transforms``)."""
-    if cache_rate < 1.0:
+    """Raise unless every training item is cached, in this process's memory or on disk (see
+    ``teacher_output_transforms``)."""
+    if cache not in ("memory", "disk"):
         raise ValueError(
-            f"{option} needs cache_rate: 1.0 (got {cache_rate}): {what} are kept in the cache; "
-            "uncached items would run the teacher one image at a time in every epoch"
+            f"{option} needs cache: memory or cache: disk (got {cache!r}): {what} are computed once, while the "
+            "cache is filled; uncached items would run the teacher one image at a time in every epoch"
         )
-    if cache != "memory":
+    if cache == "memory" and cache_rate < 1.0:
         raise ValueError(
-            f"{option} needs cache: memory (got {cache!r}): the teacher computes while the cache is filled, "
-            "in this process; a disk cache fills in the loader's worker processes"
+            f"{option} needs cache_rate: 1.0 with cache: memory (got {cache_rate}): {what} are kept in the cache; "
+            "uncached items would run the teacher one image at a time in every epoch"
         )
 
 
@@ -144,9 +175,13 @@ class TeacherOcclusiond(_PerImageTeacherd):
         keys: str = "image",
     ) -> None:
         super().__init__(teacher, device, keys)
+        self.task, self.mask_size, self.overlap = task, mask_size, overlap
         self.occlusion = make_saliency(
             "occlusion", teacher, task, mask_size=mask_size, overlap=overlap, normalize=False
         )
+
+    def settings(self) -> dict[str, Any]:
+        return {"task": self.task, "mask_size": self.mask_size, "overlap": self.overlap}
 
     def outputs(self, batch: torch.Tensor) -> dict[str, Any]:
         return {TEACHER_EVIDENCE: self.occlusion(batch)[0].to("cpu", torch.float32)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import pickle
@@ -15,6 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from bundle.files import file_sha256
 from bundle.networks.contract import TeacherContract
 from bundle.networks.features import FeatureRecorder, match_feature_layers
 
@@ -169,6 +171,7 @@ class FrozenTeacher(nn.Module):
             raise ValueError(f"bf16 must be true, false or 'auto', not {bf16!r}")
         self.bf16 = bf16
         path = Path(checkpoint)
+        self.checkpoint = path
         if not path.is_file():
             raise FileNotFoundError(_missing_teacher_message(path))
         self.differentiable = True
@@ -244,6 +247,21 @@ class FrozenTeacher(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """SHA-256 of what decides this teacher's outputs: its checkpoint file, the weights loaded from it (a key map
+        changes which), its contract without the log's sources, the layers VID reads and the bf16 setting; the key of
+        outputs cached on disk (``bundle.engines.precompute``). Computed once: the weights are frozen."""
+        digest = hashlib.sha256(file_sha256(self.checkpoint).encode())
+        for name, tensor in self.state_dict().items():
+            data = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes())
+        contract = {k: v for k, v in vars(self.contract).items() if k != "sources"} if self.contract else None
+        layers = self.recorder.layers if self.recorder is not None else []
+        digest.update(repr((contract, layers, self.bf16)).encode())
+        return digest.hexdigest()
 
 
 def teacher_vid_layers(
