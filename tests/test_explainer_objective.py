@@ -182,8 +182,13 @@ def test_teacher_occlusion_is_positive_where_the_teacher_looks_and_zero_elsewher
     # the same map as the post-hoc occlusion baseline that scripts/compare_saliency.py scores, before normalising
     expected = make_saliency("occlusion", net, "multiclass", mask_size=4, overlap=0.5, normalize=False)(image[None])
     torch.testing.assert_close(evidence, expected[0])
-    with pytest.raises(ValueError, match="cache: memory or cache: disk"):
+    with pytest.raises(ValueError, match="needs cache: auto, memory or disk"):
+        teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=1.0, cache="none")
+    with pytest.raises(ValueError, match="cache: auto needs a cache_dir"):  # auto could fall back to no cache
         teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=1.0, cache="auto")
+    with pytest.raises(ValueError, match="cache_rate: 1.0 with cache: auto"):
+        teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=0.5, cache="auto", cache_dir="c")
+    teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=1.0, cache="auto", cache_dir="c")
     teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=0.5, cache="disk")  # disk keeps all
     with pytest.raises(ValueError, match="cache_rate: 1.0"):
         teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=0.5, cache="memory")
@@ -239,15 +244,16 @@ def test_evidence_occlusion_overlay_caches_the_maps_and_moves_them_with_the_imag
     )
     with pytest.raises((ValueError, RuntimeError)) as error:  # MONAI wraps a config expression's error: RuntimeError
         uncached.initialize()
-    assert any("evidence_occlusion needs cache: memory or" in str(e) for e in (error.value, error.value.__cause__))
+    assert any("evidence_occlusion needs cache: auto, memory" in str(e) for e in (error.value, error.value.__cause__))
 
 
 def test_evidence_occlusion_maps_on_the_disk_cache_are_the_teachers_and_are_keyed_by_its_weights(
     tmp_path, data, teacher_ckpt, monkeypatch
 ):
-    """cache: disk: every entry written holds the teacher's occlusion map of its (un-augmented) image, computed in
-    this process (num_workers 2 notwithstanding: a GPU teacher cannot run in forked workers); a second run with the
-    same teacher writes nothing and trains on them; a teacher with other weights gets a cache of its own."""
+    """train.yaml's cache: auto with a memory budget the data set exceeds: the maps go to the disk cache, every entry
+    holding the teacher's occlusion map of its (un-augmented) image, computed in this process (num_workers 2
+    notwithstanding: a GPU teacher cannot run in forked workers); a second run with the same teacher writes nothing
+    and trains on them; a teacher with other weights gets a cache of its own."""
     messages: list[str] = []  # on the module's logger: the bundle's logging.conf replaces the root's handlers
     monkeypatch.setattr(caching_logger, "info", lambda message, *args: messages.append(message % args))
     files = [str(ROOT / "configs" / "train.yaml"), str(ROOT / "configs" / "explainer" / "evidence_occlusion.yaml")]
@@ -255,7 +261,7 @@ def test_evidence_occlusion_maps_on_the_disk_cache_are_the_teachers_and_are_keye
     settings = {
         "dataset_dir": str(data), "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models"),
         "image_size": 32, "batch_size": 4, "num_workers": 2, "max_epochs": 1, "preflight": False,
-        "use_unlabeled": False, "cache": "disk", "cache_dir": str(cache_dir),
+        "use_unlabeled": False, "cache_memory_gb": 1e-6, "cache_dir": str(cache_dir),
     }  # fmt: skip
 
     def workflow(ckpt: Path) -> ConfigWorkflow:
@@ -293,7 +299,7 @@ def test_evidence_occlusion_maps_on_the_disk_cache_are_the_teachers_and_are_keye
 
 
 # set by evidence_occlusion.yaml for the data pipeline, checked by the test above
-PIPELINE_KEYS = ("cache", "augmentation#0#keys", "augmentation#1#keys", "plain_tensors#keys")
+PIPELINE_KEYS = ("augmentation#0#keys", "augmentation#1#keys", "plain_tensors#keys")
 
 
 def parsed_setting(key: str, loss: MedTexLoss, network: MedTex):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import threading
 from collections.abc import Hashable, Mapping, Sequence
@@ -109,13 +110,15 @@ def teacher_output_transforms(
     augmentation: Sequence[Any],
     cache_rate: float,
     cache: str = "memory",
+    cache_dir: str | os.PathLike | None = None,
 ) -> list[TeacherOutputsd]:
     """``[TeacherOutputsd]`` for the training chain when ``precompute`` is on, else ``[]``.
 
     Raises:
         ValueError: the cached outputs would be wrong (random augmentation changes the image every epoch) or would
-            not be cached (``cache`` neither ``memory`` nor ``disk``, or a memory cache's ``cache_rate`` below 1,
-            would recompute them per item and epoch, slower than the trainer's batched pass), or no teacher is used.
+            not be cached (``cache: none``, ``auto`` without ``cache_dir``, or a ``cache_rate`` below 1 for a memory
+            cache would recompute them per item and epoch, slower than the trainer's batched pass), or no teacher is
+            used.
             A disk cache keeps them keyed by the teacher's weights (``cache_identity``), filled in this process.
     """
     if not precompute:
@@ -126,24 +129,33 @@ def teacher_output_transforms(
             "with random augmentation the teacher sees a different image every epoch, so its outputs cannot be "
             "computed once"
         )
-    _check_cached("precompute_teacher", "the teacher outputs", cache_rate, cache)
+    _check_cached("precompute_teacher", "the teacher outputs", cache_rate, cache, cache_dir)
     if teacher is None:
         raise ValueError("precompute_teacher: this run uses no teacher (KD and VID weights are 0)")
     return [TeacherOutputsd(teacher, device)]
 
 
-def _check_cached(option: str, what: str, cache_rate: float, cache: str) -> None:
+def _check_cached(
+    option: str, what: str, cache_rate: float, cache: str, cache_dir: str | os.PathLike | None = None
+) -> None:
     """Raise unless every training item is cached, in this process's memory or on disk (see
-    ``teacher_output_transforms``)."""
-    if cache not in ("memory", "disk"):
+    ``teacher_output_transforms``): ``memory`` with ``cache_rate`` 1, ``disk``, or ``auto`` (which picks one of the
+    two) with a ``cache_dir`` to fall back on and ``cache_rate`` 1."""
+    uncached = "uncached items would run the teacher one image at a time in every epoch"
+    if cache not in ("memory", "disk", "auto"):
         raise ValueError(
-            f"{option} needs cache: memory or cache: disk (got {cache!r}): {what} are computed once, while the "
-            "cache is filled; uncached items would run the teacher one image at a time in every epoch"
+            f"{option} needs cache: auto, memory or disk (got {cache!r}): {what} are computed once, while the "
+            f"cache is filled; {uncached}"
         )
-    if cache == "memory" and cache_rate < 1.0:
+    if cache == "auto" and cache_dir is None:
         raise ValueError(
-            f"{option} needs cache_rate: 1.0 with cache: memory (got {cache_rate}): {what} are kept in the cache; "
-            "uncached items would run the teacher one image at a time in every epoch"
+            f"{option} with cache: auto needs a cache_dir: without one, data past the memory budget would not be "
+            f"cached at all ({uncached})"
+        )
+    if cache in ("memory", "auto") and cache_rate < 1.0:
+        raise ValueError(
+            f"{option} needs cache_rate: 1.0 with cache: {cache} (got {cache_rate}): {what} are kept in the cache; "
+            f"{uncached}"
         )
 
 
@@ -194,6 +206,7 @@ def teacher_evidence_transforms(
     image_size: int | Sequence[int],
     cache_rate: float,
     cache: str = "memory",
+    cache_dir: str | os.PathLike | None = None,
 ) -> list[TeacherOcclusiond]:
     """``[TeacherOcclusiond]`` with patches of an eighth of the image's side (the post-hoc occlusion's default), for
     the training chain of configs/explainer/evidence_occlusion.yaml.
@@ -201,7 +214,7 @@ def teacher_evidence_transforms(
     Raises:
         ValueError: the maps would not be cached (as for ``teacher_output_transforms``), or no teacher is used.
     """
-    _check_cached("evidence_occlusion", "the teacher's occlusion maps", cache_rate, cache)
+    _check_cached("evidence_occlusion", "the teacher's occlusion maps", cache_rate, cache, cache_dir)
     if teacher is None:
         raise ValueError("evidence_occlusion: this run uses no teacher (evidence_weight is 0)")
     size = min(int(s) for s in image_size) if isinstance(image_size, Sequence) else int(image_size)
