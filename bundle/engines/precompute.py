@@ -4,9 +4,8 @@ teacher's occlusion evidence, the explainer's target of configs/explainer/eviden
 Without augmentation every epoch shows the frozen teacher the same images, so its logits and VID features are the
 same every epoch too. A transform at the end of the training chain's deterministic part lets MONAI's
 ``CacheDataset`` (or the disk cache, ``bundle.data.caching``) compute them once, while it caches the images, and
-``MedTexTrainer`` then skips the teacher's pass
-on the clean image in every iteration. The teacher still classifies the masked image when the fidelity term is on
-(that pass depends on the explainer being trained).
+``MedTexTrainer`` then skips the teacher's pass on the clean image in every iteration. The teacher still classifies
+the masked image when the fidelity term is on (that pass depends on the explainer being trained).
 """
 
 from __future__ import annotations
@@ -118,8 +117,7 @@ def teacher_output_transforms(
         ValueError: the cached outputs would be wrong (random augmentation changes the image every epoch) or would
             not be cached (``cache: none``, ``auto`` without ``cache_dir``, or a ``cache_rate`` below 1 for a memory
             cache would recompute them per item and epoch, slower than the trainer's batched pass), or no teacher is
-            used.
-            A disk cache keeps them keyed by the teacher's weights (``cache_identity``), filled in this process.
+            used. A disk cache keeps them keyed by the teacher's weights (``cache_identity``), filled in this process.
     """
     if not precompute:
         return []
