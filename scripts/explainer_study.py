@@ -7,7 +7,8 @@ One command per task and image size. It trains what is missing (``scripts/learni
 labelled-set size, ``--n-labeled``; resumable: finished runs are kept), then reads every run back:
 
 - **variants**: ``medtex`` (configs/train.yaml as is) and each overlay of ``configs/explainer/`` as
-  ``explainer_<name>``, each with every seed; the teacher is trained once per task (learning_curve.py).
+  ``explainer_<name>``, or several stacked in order as ``explainer_<name>+<name>``, each with every seed; the
+  teacher is trained once per task (learning_curve.py).
 - **maps**: the explainer's mask (``MedTex.explain``) on the first ``--n-images`` local test images, and GradCAM and
   occlusion on the teacher as references; saved per run under ``<out>/maps/<task>/`` and reused.
 - **scores** (``bundle.explain.saliency_scores``, all of the teacher, substrate zero for every row so that variants
@@ -115,12 +116,42 @@ def explainer_variants() -> dict[str, list[str]]:
     return {DEFAULT: [], **{f"explainer_{p.stem}": [f"configs/explainer/{p.name}"] for p in overlays}}
 
 
+def variant_files(name: str) -> list[str]:
+    """Config files of one variant: a name of ``explainer_variants()``, or overlays joined by ``+``
+    (``explainer_evidence_occlusion+sparse`` stacks evidence_occlusion.yaml, then sparse.yaml, on train.yaml), as a
+    user would stack them with ``--config_file``."""
+    known = explainer_variants()
+    if name in known:
+        return known[name]
+    stems = name.removeprefix("explainer_").split("+") if name.startswith("explainer_") else []
+    missing = [s for s in stems if f"explainer_{s}" not in known]
+    if len(stems) < 2 or missing:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {name!r} (unknown overlays: {missing or name}); choose from {', '.join(known)} or "
+            "join overlays with +, as explainer_evidence_occlusion+sparse"
+        )
+    return [f for s in stems for f in known[f"explainer_{s}"]]
+
+
+def variant_name(name: str) -> str:
+    """argparse type of a variant: checked by ``variant_files``."""
+    variant_files(name)
+    return name
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     variants = explainer_variants()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="fundus", choices=list(DATASET_CONFIGS), help="demo task (fundus)")
     parser.add_argument("--out", type=Path, default=Path("out/study"), help="runs and maps (out/study)")
-    parser.add_argument("--variants", nargs="+", default=list(variants), choices=list(variants), metavar="VARIANT")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(variants),
+        type=variant_name,
+        metavar="VARIANT",
+        help=f"{', '.join(variants)}, or overlays joined by + (explainer_evidence_occlusion+sparse); default: all",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per variant (0 1 2)")
     parser.add_argument("--n-labeled", type=int, default=100, help="local labelled images (100, as the demo)")
     parser.add_argument("--epochs", type=int, default=15, help="epochs of each MED-TEX run (15)")
@@ -130,7 +161,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads while scoring (1: beside a training run)")
     parser.add_argument("--target-layer", default="features.denseblock3", help="GradCAM layer of the teacher")
     parser.add_argument("--sanity", action="store_true", help="also the randomisation checks (see above)")
-    parser.add_argument("--sanity-variant", default=DEFAULT, choices=list(variants), help="explainer to check")
+    parser.add_argument("--sanity-variant", default=DEFAULT, type=variant_name, help="explainer to check")
     parser.add_argument("--sanity-n-images", type=int, default=16, help="images of the post-hoc cascade (16)")
     parser.add_argument("--skip-training", action="store_true", help="score the runs there are; train nothing")
     parser.add_argument("--train-only", action="store_true", help="train what is missing; score nothing")
@@ -139,7 +170,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--grid-variants",
         nargs="+",
-        choices=list(variants),
+        type=variant_name,
         metavar="VARIANT",
         help="variants whose masks the picture shows, a column per seed (default: the sanity variant, else the first)",
     )
@@ -203,7 +234,7 @@ def sanity_teachers(args: argparse.Namespace) -> dict[str, Path]:
 def sanity_methods(args: argparse.Namespace, teachers: dict[str, Path]) -> dict[str, list[str]]:
     """The sanity variant trained against each sanity teacher: overlays naming the teacher, in ``--out``."""
     methods = {}
-    base = explainer_variants()[args.sanity_variant]
+    base = variant_files(args.sanity_variant)
     for name, ckpt in teachers.items():
         overlay = args.out / "overlays" / args.task / f"{name}.yaml"
         overlay.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +299,7 @@ def scores_of(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    variants = {name: files for name, files in explainer_variants().items() if name in args.variants}
+    variants = {name: variant_files(name) for name in args.variants}
     if not args.skip_training:
         train(args, variants, args.seeds)
     sanity = {}

@@ -168,3 +168,18 @@ def test_the_seed_grid_shows_every_chosen_variants_seeds_then_the_references(tmp
     wide = {"medtex": {s: run for s in range(3)}, "explainer_blur": {s: run for s in range(3)}}
     explainer_study.write_seed_grid(tmp_path / "wide.png", images, masks, wide, {"occlusion": run}, n_rows=4)
     assert Image.open(tmp_path / "wide.png").width <= 1200  # under the Model Zoo's 1 MB limit for results
+
+
+def test_overlays_joined_by_plus_stack_in_order_as_config_file_would(tmp_path):
+    args = explainer_study.parse_args(
+        ["--out", str(tmp_path), "--variants", "medtex", "explainer_evidence_occlusion+sparse", "--skip-training"]
+    )
+    files = explainer_study.variant_files(args.variants[1])
+    assert files == ["configs/explainer/evidence_occlusion.yaml", "configs/explainer/sparse.yaml"]
+    parser = explainer_study.run_config(args, files)
+    # evidence_occlusion.yaml's target, sparse.yaml's budget (train.yaml: 0.0 and 2.0)
+    assert (parser["evidence_weight"], parser["mask_weight"]) == (1.0, 10.0)
+    with pytest.raises(SystemExit):
+        explainer_study.parse_args(["--variants", "explainer_evidence_occlusion+no_such_overlay"])
+    with pytest.raises(SystemExit):
+        explainer_study.parse_args(["--variants", "explainer_sparse+"])
