@@ -3,6 +3,7 @@ evidence (its input gradient, or its occlusion map computed once per image)."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.transforms import Compose
 from monai.visualize import VanillaGrad
 from torch import nn
 
+from bundle.data.caching import ITEM_OVERHEAD_BYTES, estimate_item_bytes
 from bundle.data.caching import logger as caching_logger
 from bundle.engines.precompute import (
     TEACHER_EVIDENCE,
@@ -194,6 +197,19 @@ def test_teacher_occlusion_is_positive_where_the_teacher_looks_and_zero_elsewher
         teacher_evidence_transforms(teacher, "cpu", "multiclass", 32, cache_rate=0.5, cache="memory")
     (transform,) = teacher_evidence_transforms(teacher, "cpu", "multiclass", [64, 48], cache_rate=1.0)
     assert transform.occlusion.occlusion.mask_size == 6  # an eighth of the shorter side
+
+
+def test_the_cache_size_estimate_sizes_the_occlusion_map_without_the_teachers_passes(tmp_path):
+    net = CornerTeacher()
+    torch.save(net.state_dict(), tmp_path / "corner.pt")
+    transform = TeacherOcclusiond(
+        FrozenTeacher(tmp_path / "corner.pt", network=net, bf16=False), "cpu", "multiclass", 4
+    )
+    item = {"image": torch.full((3, 32, 24), 0.5), "label": 1}
+    cached = io.BytesIO()
+    torch.save(transform(item), cached)
+    transform.occlusion = None  # any occlusion pass fails from here on
+    assert estimate_item_bytes([item], Compose([transform])) == cached.tell() + ITEM_OVERHEAD_BYTES
 
 
 def test_an_iteration_with_precomputed_evidence_uses_it_and_runs_no_gradient_pass_of_the_teacher(tmp_path):

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.transforms import Compose, MapTransform, RandomizableTrait, Transform
+from monai.transforms import Compose, MapTransform, RandomizableTrait, Transform, apply_transform
 from monai.utils import convert_to_tensor
 
 from bundle.files import file_sha256, write_atomically
@@ -382,15 +382,20 @@ def _rank_and_world() -> tuple[int, int]:
 # --- the policy -----------------------------------------------------------------------------------------------------
 def estimate_item_bytes(data: Sequence[Mapping[str, Any]], transform: Compose, samples: int = ESTIMATE_SAMPLES) -> int:
     """Bytes one cached item takes, from the largest of up to ``samples`` items spread over ``data``, preprocessed
-    as the cache would and serialised with their metadata (what memory holds, a little more than the disk cache)."""
+    as the cache would and serialised with their metadata (what memory holds, a little more than the disk cache).
+    A cached transform with a ``stand_in(item)`` method (one whose outputs cost many network passes, as the teacher's
+    occlusion maps) adds outputs of their real size and type without computing them: the cache computes them once,
+    not the estimate as well."""
     if not data:
         return 0
-    chain = Compose(cached_part(transform))
+    chain = cached_part(transform)
     picks = sorted({int(i) for i in np.linspace(0, len(data) - 1, min(samples, len(data)))})
     sizes = []
     for i in picks:
         try:
-            item = chain(dict(data[i]))
+            item = dict(data[i])
+            for t in chain:
+                item = t.stand_in(item) if hasattr(t, "stand_in") else apply_transform(t, item)
         except Exception as e:  # the pre-flight check reports bad files; an estimate does without this one
             logger.debug(f"cache size estimate: item {i} skipped ({e})")
             continue

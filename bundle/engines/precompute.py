@@ -196,6 +196,12 @@ class TeacherOcclusiond(_PerImageTeacherd):
     def outputs(self, batch: torch.Tensor) -> dict[str, Any]:
         return {TEACHER_EVIDENCE: self.occlusion(batch)[0].to("cpu", torch.float32)}
 
+    def stand_in(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """The item as ``__call__`` returns it but with a zero map, for the cache-size estimate
+        (``bundle.data.caching.estimate_item_bytes``): the map's size without the teacher's passes."""
+        image = data[self.keys[0]]
+        return {**data, TEACHER_EVIDENCE: torch.zeros((1, *image.shape[1:]), dtype=torch.float32)}
+
 
 def teacher_evidence_transforms(
     teacher: FrozenTeacher | None,
