@@ -29,20 +29,24 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(f"{PART}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any], durable: bool = True) -> None:
     """``write(tmp)`` to a hidden temporary beside ``path`` (``temporary_beside``), fsync it, rename it over ``path``
     (atomic on POSIX and Windows) and fsync the folder so the rename survives a power cut. A failure or a kill leaves
-    the old file; a failure also removes the temporary one. Concurrent writers each land whole; the last one wins."""
+    the old file; a failure also removes the temporary one. Concurrent writers each land whole; the last one wins.
+    ``durable=False`` leaves out the fsyncs, for files a power cut may lose because they are recomputed (cache
+    entries): still never read half-written."""
     path = Path(path)
     tmp = temporary_beside(path)
     try:
         write(tmp)
-        _fsync(tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)
+    if durable:
+        _fsync_folder(path.parent)
 
 
 def write_together(writes: Sequence[tuple[str | os.PathLike, Callable[[Path], Any]]]) -> None:

@@ -36,7 +36,6 @@ import logging
 import os
 import pickle
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -315,14 +314,8 @@ class ContentKeyedPersistentDataset(PersistentDataset):
 
     def _write(self, path: Path, computed: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=".part-", suffix=".pt", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as f:
-                torch.save(convert_to_tensor(computed, convert_numeric=False, track_meta=False), f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        entry = convert_to_tensor(computed, convert_numeric=False, track_meta=False)
+        write_atomically(path, lambda tmp: torch.save(entry, tmp), durable=False)
 
 
 def _item_key_bytes(item: Mapping[str, Any]) -> bytes:
