@@ -386,7 +386,7 @@ def estimate_item_bytes(data: Sequence[Mapping[str, Any]], transform: Compose, s
     sizes = []
     for i in picks:
         try:
-            item = dict(data[i])
+            item: Any = dict(data[i])
             for t in chain:
                 item = t.stand_in(item) if hasattr(t, "stand_in") else apply_transform(t, item)
         except Exception as e:  # the pre-flight check reports bad files; an estimate does without this one
