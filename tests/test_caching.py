@@ -147,6 +147,18 @@ def test_a_corrupt_entry_is_logged_recomputed_and_replaced(fundus, tmp_path, cap
     assert torch.load(entry, weights_only=True)["image"].dtype == torch.uint8
 
 
+def test_an_entry_cut_short_is_rewritten_by_the_fill_before_training(fundus, tmp_path):
+    """Found by the fill pass (in the training process, where a GPU teacher can run), not by a loader worker."""
+    dataset, _ = _fill_again(fundus, tmp_path / "cache")
+    expected = _images(dataset)
+    entry = dataset.entry_path(dataset.data[4][caching.CACHE_KEY])
+    entry.write_bytes(entry.read_bytes()[:-30])  # the zip's end record lost, as after a power cut
+    assert dataset.missing() == [4]
+    fill = fill_disk_cache(dataset, num_workers=0, progress=False)
+    assert fill["written"] == 1 and dataset.missing() == []
+    assert torch.equal(_images(dataset), expected)
+
+
 FILL_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[3])

@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import weakref
+import zipfile
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -296,8 +297,11 @@ class ContentKeyedPersistentDataset(PersistentDataset):
         return self.folder / key[:2] / f"{key}.pt"
 
     def missing(self, indices: Sequence[int] | None = None) -> list[int]:
+        """Indices whose entry is absent or cut short (no zip end record: entries are written without fsync, so a
+        power cut can truncate one). The fill pass recomputes them in the training process, where a GPU teacher can
+        run, rather than a loader worker in the middle of training."""
         indices = range(len(self.data)) if indices is None else indices
-        return [i for i in indices if not self.entry_path(self.data[i][CACHE_KEY]).is_file()]
+        return [i for i in indices if not zipfile.is_zipfile(self.entry_path(self.data[i][CACHE_KEY]))]
 
     def _cachecheck(self, item_transformed: Mapping[str, Any]) -> Any:
         item = dict(item_transformed)
