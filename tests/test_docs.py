@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 import tokenize
 from pathlib import Path
 
@@ -49,11 +50,23 @@ def test_links_and_named_files_exist():
         assert (ROOT / path).is_file(), path
 
 
+def _git_ignored(paths: list[Path]) -> set[Path]:
+    """Of ``paths``, those .gitignore excludes (run outputs: out/, data/, cache/...), none without git: what the demo or
+    an experiment wrote there is not the repository's text, and its reports quote measured figures and local paths."""
+    if not (ROOT / ".git").exists() or not paths:
+        return set()
+    names = "\0".join(str(p.relative_to(ROOT)) for p in paths)
+    result = subprocess.run(
+        ["git", "check-ignore", "-z", "--stdin"], cwd=ROOT, input=names, capture_output=True, text=True
+    )
+    return {ROOT / name for name in result.stdout.split("\0") if name}
+
+
 def repository_files() -> list[Path]:
-    """Docs, configs, code and tests: every file whose text a user reads."""
+    """Docs, configs, code and tests: every file whose text a user reads (not what runs wrote to ignored folders)."""
     suffixes = {".md", ".py", ".yaml", ".json", ".sh", ".toml", ".txt", ".cfg"}
     skip = {"mutants", ".git", "node_modules"}
-    return [
+    candidates = [
         p
         for p in ROOT.rglob("*")
         if p.suffix in suffixes
@@ -61,6 +74,8 @@ def repository_files() -> list[Path]:
         and not skip.intersection(p.relative_to(ROOT).parts)
         and not p.relative_to(ROOT).parts[0].startswith(".")
     ]
+    ignored = _git_ignored(candidates)
+    return [p for p in candidates if p not in ignored]
 
 
 def test_nothing_links_or_refers_outside_the_repository():
