@@ -131,6 +131,10 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
         ("kd", "8", "1", "0.75"),
         ("scratch", "8", "1", "0.75"),
     ]
+    # the JSON keeps every command that ran on the folder (the rerun above and the re-report add none)
+    commands = json.loads((out / "learning_curve_fundus.json").read_text())["commands"]
+    assert len(commands) == 2 and "--jobs" not in commands[0]["command"] and "--jobs 2" in commands[1]["command"]
+    assert commands[1]["git_commit"] == git_commit() and commands[0]["started"] <= commands[1]["started"]
 
     # a teacher other than the one the rows were made with (given, or retrained differently in a fresh folder that
     # holds only the CSV and JSON) is refused: the runs that need it are skipped, the others go on
@@ -294,3 +298,22 @@ def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
         f"Code versions (git commit that made each row, its count): not recorded ({len(rows)} rows).",
         "",
     ]
+
+
+def test_command_history_starts_from_a_folder_recorded_before_it():
+    """A JSON from before the history (one command, its commit) keeps that command first; the same command at the
+    same commit again adds nothing, at another commit it is a new entry."""
+    from scripts.learning_curves.experiment import Experiment
+
+    old = {"command": "python scripts/learning_curve.py --seeds 0", "git_commit": "abc", "updated": "t1"}
+    history = Experiment._commands(old, "python scripts/learning_curve.py --seeds 1", "t2")
+    assert history[0] == {
+        "command": "python scripts/learning_curve.py --seeds 0",
+        "git_commit": "abc",
+        "last_updated": "t1",
+    }
+    assert history[1]["command"].endswith("--seeds 1") and history[1]["started"] == "t2" and len(history) == 2
+    again = {**old, "commands": history}
+    assert Experiment._commands(again, history[1]["command"], "t3") == history
+    moved = {**old, "commands": [*history[:1], {**history[1], "git_commit": "other"}]}
+    assert len(Experiment._commands(moved, history[1]["command"], "t3")) == 3
