@@ -7,11 +7,13 @@ import csv
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from bundle.files import file_sha256
 from bundle.provenance import git_commit
@@ -182,19 +184,25 @@ def test_paired_differences_compare_the_same_labelled_sets_and_seeds(tmp_path):
     path = tmp_path / "lc.md"
     render.write_markdown(path, rows, ["kd", "medtex"], "context")
     md = path.read_text()
-    # mean +0.030, sample sd of (0.04, -0.01, 0.06) = 0.036, medtex higher on 2 of 3 seeds
-    assert "| medtex - kd | +0.030 ± 0.036 (2/3) |  |" in md
+    # mean +0.030, sample sd of (0.04, -0.01, 0.06) = 0.036, medtex higher on 2 of 3 seeds; 95% interval of the mean
+    # +0.030 ± t(0.975, 2 dof) 4.303 * 0.036 / sqrt(3) = +0.030 ± 0.090
+    assert "| medtex - kd | +0.030 ± 0.036 [-0.060, +0.120] (2/3) |  |" in md
+    low, high = stats.ttest_1samp([0.04, -0.01, 0.06], 0.0).confidence_interval()  # scipy's paired t-test
+    assert render.paired_interval(0.03, statistics.stdev([0.04, -0.01, 0.06]), 3) == pytest.approx((low, high))
     assert "medtex - scratch" not in md  # pairs without runs are left out
     generic = [*(row("transfer_generic_student", 25, s, a) for s, a in ((0, 0.70), (1, 0.66), (2, 0.62)))]
     render.write_markdown(path, [*rows, *generic], ["kd", "medtex", "transfer_generic_student"], "context")
     # medtex - transfer_generic_student: (-0.06, +0.03, +0.09): mean +0.020, sd 0.0755, medtex higher on 2 of 3
-    assert "| medtex - transfer_generic_student | +0.020 ± 0.075 (2/3) |  |" in path.read_text()
+    assert "| medtex - transfer_generic_student | +0.020 ± 0.075 [-0.168, +0.208] (2/3) |  |" in path.read_text()
     teacher_arch = [row("transfer_generic_teacher", 25, s, a) for s, a in ((0, 0.62), (1, 0.72), (2, 0.66))]
     render.write_markdown(path, [*rows, *generic, *teacher_arch], ["kd", "transfer_generic_teacher"], "context")
-    # kd - transfer_generic_teacher: (-0.02, -0.02, -0.01): mean -0.017, sd 0.006, kd higher on none
-    assert "| kd - transfer_generic_teacher | -0.017 ± 0.006 (0/3) |  |" in path.read_text()
+    # kd - transfer_generic_teacher: (-0.02, -0.02, -0.01): mean -0.017, sd 0.006, kd higher on none; the interval
+    # -0.017 ± 4.303 * 0.0058 / sqrt(3) = -0.017 ± 0.014 holds no 0
+    assert "| kd - transfer_generic_teacher | -0.017 ± 0.006 [-0.031, -0.002] (0/3) |  |" in path.read_text()
     # the teacher's architecture against the student's, both generically pretrained: (-0.08, +0.06, +0.04)
-    assert "| transfer_generic_teacher - transfer_generic_student | +0.007 ± 0.076 (2/3) |  |" in path.read_text()
+    assert "| transfer_generic_teacher - transfer_generic_student | +0.007 ± 0.076 [-0.181, +0.195] (2/3) |  |" in (
+        path.read_text()
+    )
 
 
 def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
@@ -249,11 +257,15 @@ def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
         "| medtex | 0.600 ± 0.000 (1) |  |",
         "| kd | 0.500 ± 0.000 (1) |  |",
         "",
-        "## auc: paired differences (same labelled set and seed): mean ± sd (seeds where the first is higher / seeds)",
+        "## auc: paired differences (same labelled set and seed): mean ± sd [95% confidence interval of the mean,"
+        " paired t] (seeds where the first is higher / seeds)",
+        "",
+        "An interval that holds 0 shows no difference at these seeds; with 3 seeds it is wide (t = 4.30 for 2 degrees"
+        " of freedom), which is why differences under 0.03 get 5 seeds.",
         "",
         "| methods | n = 25 | n = 50 |",
         "|---|---:|---:|",
-        "| medtex - kd | +0.030 ± 0.036 (2/3) |  |",
+        "| medtex - kd | +0.030 ± 0.036 [-0.060, +0.120] (2/3) |  |",
         "",
         "Code versions (git commit that made each row, its count): not recorded (8 rows); abc1234 (2 rows).",
         "",
@@ -283,15 +295,17 @@ def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
     assert methods == ["medtex", "scratch", "mine", "vid"]
     render.write_markdown(path, rows, methods, "context")
     lines = path.read_text().split("\n")
-    start = lines.index(
-        "## auc: paired differences (same labelled set and seed): mean ± sd (seeds where the first is higher / seeds)"
-    )
+    start = next(i for i, line in enumerate(lines) if line.startswith("## auc: paired differences"))
     assert lines[start:] == [
         lines[start],
         "",
+        lines[start + 2],
+        "",
         "| methods | n = 25 | n = 50 |",
         "|---|---:|---:|",
-        "| medtex - scratch | +0.050 ± 0.071 (1/2) | -0.050 ± 0.000 (0/1) |",  # 0.10, 0.00: sd sqrt(0.005)
+        # 0.10, 0.00: sd sqrt(0.005), interval +0.050 ± t(0.975, 1 dof) 12.706 * 0.0707 / sqrt(2) = ± 0.635; one seed:
+        # no interval
+        "| medtex - scratch | +0.050 ± 0.071 [-0.585, +0.685] (1/2) | -0.050 ± 0.000 (0/1) |",
         "| mine - medtex | +0.050 ± 0.000 (1/1) |  |",  # one seed in common: sd 0
         "| mine - scratch | +0.150 ± 0.000 (1/1) |  |",
         "",
