@@ -19,8 +19,8 @@ trained on no local labels: a reference line).
 
 Outputs in ``--out``: learning_curve_<task>.csv (one row per finished run, with the commit that made it), .png
 (mean +- 1 sd over seeds), .md (mean, sd and n per method and size; paired differences between methods on the same
-labelled sets and seeds), .json (settings and provenance, with every command run on the folder) and report.html (all
-results in one page).
+labelled sets and seeds, with the 95% interval of their mean), .json (settings and provenance, with every command run
+on the folder) and report.html (all results in one page).
 Started again with the same ``--out``, finished runs are not redone and a run killed half-way resumes from its last
 epoch; more sizes (up to the pool), seeds or methods can be added later. ``--jobs N`` trains N runs side by side
 (for a GPU or many cores; on 2 CPU cores one at a time is fastest).
