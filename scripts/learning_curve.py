@@ -211,9 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if todo and args.report_only:
         say(f"--report-only: the {len(todo)} runs not done yet are left out")
     elif todo:
-        needs_source = any(m in FROM_SOURCE for m, _, _ in todo) and args.source_student_ckpt is None
+        needs_source = any(m in FROM_SOURCE for m, _, _ in todo)  # given or trained here: its hash is recorded
         needs_teacher = any(m not in WITHOUT_TEACHER for m, _, _ in todo)
-        exp.make_data(teacher_site=(needs_teacher and args.teacher_ckpt is None) or needs_source)
+        exp.make_data(
+            teacher_site=(needs_teacher and args.teacher_ckpt is None)
+            or (needs_source and args.source_student_ckpt is None)
+        )
         teacher_ok = exp.teacher() if needs_teacher else True
         source_ok = exp.source_student() if needs_source else True
         generic_ok = {part: exp.generic(part) for part in {FROM_GENERIC[m] for m, _, _ in todo if m in FROM_GENERIC}}

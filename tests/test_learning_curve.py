@@ -18,7 +18,7 @@ from scipy import stats
 from bundle.files import file_sha256
 from bundle.provenance import git_commit
 from scripts import learning_curve  # a package module: a mutation run replaces scripts/
-from scripts.learning_curves import render
+from scripts.learning_curves import experiment, render
 from scripts.learning_curves.rows import COLUMNS, append_row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "lc"
-    # a given source student (never read: the transfer_student runs below are simulated), so none is trained
+    # a given source student (never loaded: the transfer_student runs below are simulated), so none is trained; its
+    # SHA-256 is recorded once a method that starts from it runs
     source = tmp_path / "source_student.pt"
     source.write_bytes(b"unused")
     args = arguments(out, "--source-student-ckpt", str(source))
@@ -122,7 +123,10 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
         return True, 1.0
 
     monkeypatch.setattr(learning_curve.Experiment, "bundle", simulated)
-    # (two runs at a time: the rows still arrive once each, failures are still reported)
+    # (two runs at a time: the rows still arrive once each, failures are still reported). HEAD moves while the
+    # command runs (a commit landing beside an experiment): its rows and its JSON entry keep the commit it started at
+    commits = iter(["commit-at-start"])
+    monkeypatch.setattr(experiment, "git_commit", lambda: next(commits, "commit-moved"))
     extend = [*args, "--methods", *METHODS, "transfer_student", "--seeds", "0", "1", "--sizes", "8", "--jobs", "2"]
     code = learning_curve.main(extend)
     assert code == 1 and "FAILED: transfer_student n8_seed0 (training)" in capsys.readouterr().out
@@ -136,13 +140,15 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     # the JSON keeps every command that ran on the folder (the rerun above and the re-report add none)
     commands = json.loads((out / "learning_curve_fundus.json").read_text())["commands"]
     assert len(commands) == 2 and "--jobs" not in commands[0]["command"] and "--jobs 2" in commands[1]["command"]
-    assert commands[1]["git_commit"] == git_commit() and commands[0]["started"] <= commands[1]["started"]
+    assert commands[1]["git_commit"] == "commit-at-start" and commands[0]["started"] <= commands[1]["started"]
+    assert json.loads((out / "learning_curve_fundus.json").read_text())["git_commit"] == "commit-at-start"
+    assert {r["code_version"] for r in new[len(rows) :]} == {"commit-at-start"}
 
     # a teacher other than the one the rows were made with (given, or retrained differently in a fresh folder that
     # holds only the CSV and JSON) is refused: the runs that need it are skipped, the others go on
     teacher = out / "models" / "fundus" / "teacher.pt"
     recorded = json.loads((out / "learning_curve_fundus.json").read_text())["weights_sha256"]
-    assert recorded == {"teacher": file_sha256(teacher)}  # the source student was given, not used
+    assert recorded == {"teacher": file_sha256(teacher), "source_student": file_sha256(source)}  # given, then used
     teacher.write_bytes(teacher.read_bytes() + b"retrained differently")
     code = learning_curve.main([*args, "--methods", *METHODS, "--seeds", "2", "--sizes", "8"])
     printed = capsys.readouterr().out
@@ -320,7 +326,7 @@ def test_command_history_starts_from_a_folder_recorded_before_it():
     from scripts.learning_curves.experiment import Experiment
 
     old = {"command": "python scripts/learning_curve.py --seeds 0", "git_commit": "abc", "updated": "t1"}
-    history = Experiment._commands(old, "python scripts/learning_curve.py --seeds 1", "t2")
+    history = Experiment._commands(old, "python scripts/learning_curve.py --seeds 1", "def", "t2")
     assert history[0] == {
         "command": "python scripts/learning_curve.py --seeds 0",
         "git_commit": "abc",
@@ -328,6 +334,6 @@ def test_command_history_starts_from_a_folder_recorded_before_it():
     }
     assert history[1]["command"].endswith("--seeds 1") and history[1]["started"] == "t2" and len(history) == 2
     again = {**old, "commands": history}
-    assert Experiment._commands(again, history[1]["command"], "t3") == history
+    assert Experiment._commands(again, history[1]["command"], "def", "t3") == history
     moved = {**old, "commands": [*history[:1], {**history[1], "git_commit": "other"}]}
-    assert len(Experiment._commands(moved, history[1]["command"], "t3")) == 3
+    assert len(Experiment._commands(moved, history[1]["command"], "def", "t3")) == 3

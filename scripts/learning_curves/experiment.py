@@ -147,7 +147,7 @@ class Experiment:
             "device": device_name(),
             "cwd": portable_path(os.getcwd()),
             "command": command,
-            "git_commit": git_commit(),
+            "git_commit": self.code_version,  # the code of this command's rows (HEAD may move while it runs)
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": package_version("torch"),
@@ -156,13 +156,13 @@ class Experiment:
             "teacher_ckpt": portable_path(self.teacher_ckpt),
             "weights_sha256": previous.get("weights_sha256", {}),  # shared networks the rows were made with
             "csv": self.csv_path.name,
-            "commands": self._commands(previous, command, now),
+            "commands": self._commands(previous, command, self.code_version, now),
         }
         self.out.mkdir(parents=True, exist_ok=True)
         self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
     @staticmethod
-    def _commands(previous: dict[str, Any], command: str, now: str) -> list[dict[str, str]]:
+    def _commands(previous: dict[str, Any], command: str, commit: str, now: str) -> list[dict[str, str]]:
         """Every command run on this folder, oldest first, with the commit it ran at: ``command`` and
         ``git_commit`` above name only the latest, and a curve grown by several commands (more seeds, methods) is
         reproduced by running them all. A folder from before this list starts it with the one command it recorded (when
@@ -173,7 +173,7 @@ class Experiment:
                 {k: previous[k] for k in ("command", "git_commit") if k in previous}
                 | {"last_updated": previous.get("updated", "")}
             )
-        latest = {"command": command, "git_commit": git_commit(), "started": now}
+        latest = {"command": command, "git_commit": commit, "started": now}
         rerun = history and all(history[-1].get(k) == latest[k] for k in ("command", "git_commit"))
         if not rerun:  # (each command writes this file when it starts and when it ends)
             history.append(latest)
