@@ -266,8 +266,8 @@ def test_table_means_sample_sds_and_seed_counts_worked_out_by_hand(tmp_path):
         "## auc: paired differences (same labelled set and seed): mean ± sd [95% confidence interval of the mean,"
         " paired t] (seeds where the first is higher / seeds)",
         "",
-        "An interval that holds 0 shows no difference at these seeds; with 3 seeds it is wide (t = 4.30 for 2 degrees"
-        " of freedom), which is why differences under 0.03 get 5 seeds.",
+        "An interval that holds 0 shows no difference at these seeds; with few seeds it is wide (t = 4.30 for 3 seeds),"
+        " which is why differences under 0.03 get 5 seeds.",
         "",
         "| methods | n = 25 | n = 50 |",
         "|---|---:|---:|",
@@ -305,7 +305,8 @@ def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
     assert lines[start:] == [
         lines[start],
         "",
-        lines[start + 2],
+        "An interval that holds 0 shows no difference at these seeds; with few seeds it is wide"
+        " (t = 12.71 for 2 seeds), which is why differences under 0.03 get 5 seeds.",
         "",
         "| methods | n = 25 | n = 50 |",
         "|---|---:|---:|",
@@ -318,6 +319,10 @@ def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
         f"Code versions (git commit that made each row, its count): not recorded ({len(rows)} rows).",
         "",
     ]
+    # t(0.975, 2) = 4.303 and t(0.975, 4) = 2.776 from a printed t table: a table with 3- and 5-seed rows names both
+    assert render._t_multipliers([3, 5]) == "t = 4.30 for 3 seeds, t = 2.78 for 5 seeds"
+    render.write_markdown(path, [r for r in rows if r["seed"] == "0"], methods, "context")
+    assert "One seed per row: no interval." in path.read_text().split("\n")
 
 
 def test_command_history_starts_from_a_folder_recorded_before_it():

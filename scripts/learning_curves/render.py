@@ -70,8 +70,17 @@ def paired_interval(mean: float, sd: float, n: int, level: float = 0.95) -> tupl
     return mean - half, mean + half
 
 
+def _t_multipliers(seed_counts: list[int]) -> str:
+    """Each seed count's t multiplier in words ("t = 4.30 for 3 seeds, t = 2.78 for 5 seeds"), so the note says the
+    multiplier the rows of this table use rather than one for a seed count they may not have."""
+    from scipy.stats import t
+
+    return ", ".join(f"t = {float(t.ppf(0.975, n - 1)):.2f} for {n} seeds" for n in seed_counts)
+
+
 def _paired_lines(rows: list[dict[str, str]], sizes: list[int]) -> list[str]:
     lines = []
+    seed_counts: set[int] = set()
     known = {m for pair in PAIRS for m in pair} | {TEACHER} | set(available_methods())
     own = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in known]  # --method-config methods
     for first, second in (*PAIRS, *((m, other) for m in own for other in (MEDTEX, "scratch"))):
@@ -87,6 +96,7 @@ def _paired_lines(rows: list[dict[str, str]], sizes: list[int]) -> list[str]:
             interval = ""
             if len(values) > 1:
                 low, high = paired_interval(mean, sd, len(values))
+                seed_counts.add(len(values))
                 interval = f" [{low:+.3f}, {high:+.3f}]"
             cells.append(f"{mean:+.3f} ± {sd:.3f}{interval} ({wins}/{len(values)})" if values else "")
         lines.append(f"| {first} - {second} | " + " | ".join(cells) + " |")
@@ -96,8 +106,13 @@ def _paired_lines(rows: list[dict[str, str]], sizes: list[int]) -> list[str]:
         "## auc: paired differences (same labelled set and seed): mean ± sd [95% confidence interval of the mean,"
         " paired t] (seeds where the first is higher / seeds)",
         "",
-        "An interval that holds 0 shows no difference at these seeds; with 3 seeds it is wide (t = 4.30 for 2 degrees"
-        " of freedom), which is why differences under 0.03 get 5 seeds.",
+        (
+            "An interval that holds 0 shows no difference at these seeds; with few seeds it is wide ("
+            + _t_multipliers(sorted(seed_counts))
+            + "), which is why differences under 0.03 get 5 seeds."
+            if seed_counts
+            else "One seed per row: no interval."
+        ),
         "",
         "| methods | " + " | ".join(f"n = {s}" for s in sizes) + " |",
         "|---|" + "---:|" * len(sizes),
