@@ -22,8 +22,11 @@ Outputs in ``--out``: learning_curve_<task>.csv (one row per finished run, with 
 labelled sets and seeds, with the 95% interval of their mean), .json (settings and provenance, with every command run
 on the folder) and report.html (all results in one page).
 Started again with the same ``--out``, finished runs are not redone and a run killed half-way resumes from its last
-epoch; more sizes (up to the pool), seeds or methods can be added later. ``--jobs N`` trains N runs side by side
-(for a GPU or many cores; on 2 CPU cores one at a time is fastest).
+epoch; more sizes (up to the pool), seeds or methods can be added later. Sizes beyond the pool go to another
+``--out`` with the same settings and networks (its larger pool starts with this one's images, the test set is the
+same); ``--merge-from`` that folder puts its rows in this one's tables and plot and all of them in
+learning_curve_<task>_merged.csv, and refuses a folder on another test set or with other networks. ``--jobs N`` trains
+N runs side by side (for a GPU or many cores; on 2 CPU cores one at a time is fastest).
 
 The parts live in ``scripts/learning_curves/``: ``experiment`` (data, training and evaluation runs), ``rows`` (the CSV)
 and ``render`` (tables and plot from the CSV alone; ``--report-only`` runs nothing else).
@@ -151,6 +154,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--out", type=Path, default=Path("out/learning_curve"), help="output folder (default out/learning_curve)"
     )
     parser.add_argument(
+        "--merge-from",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another curve's --out on the same local test set and networks, e.g. larger sizes made with a larger pool:"
+        " its rows join this folder's tables and plot, all of them in <out>/learning_curve_<task>_merged.csv; nothing"
+        " there is rerun (repeatable)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="write the table, plot and report from the runs already in the CSV and run nothing (partial results)",
@@ -200,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.out.mkdir(parents=True, exist_ok=True)
     exp.write_metadata(report_only=args.report_only)
     done = {row_key(r) for r in read_rows(exp.csv_path)}
+    exp.merged_curves(args.merge_from, read_rows(exp.csv_path))  # refused now rather than after hours of training
     key_of = {"task": args.task, "teacher_domain": args.teacher_domain, "student_domain": args.student_domain}
     # seed-major: an interrupted experiment already has whole curves for its first seeds
     runs = [(m, n, s) for s in args.seeds for n in args.sizes for m in args.methods if m != TEACHER]
@@ -253,6 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.close()
 
     rows = read_rows(exp.csv_path)
+    merged_rows, merged = exp.merged_curves(args.merge_from, rows)
+    pools = f"a pool of {exp.pool} images"
+    for curve in (c for c in merged if c["sizes"]):
+        pools += (
+            f"; n = {', '.join(map(str, curve['sizes']))}: of a pool of {curve['pool']} ({curve['folder']}, merged)"
+        )
+    if any(curve["sizes"] for curve in merged):
+        pools += "; a smaller pool is the first images of a larger"
+    rows += merged_rows
     methods = method_order(rows, args.methods)
     seeds = {int(r["seed"]) for r in rows if r["method"] != TEACHER}
     a = args
@@ -265,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     context = (
         f"Task {a.task}; {teacher}"
-        f"local domain {a.student_domain}: labelled subsets of a pool of {exp.pool} images (the rest unlabelled) "
+        f"local domain {a.student_domain}: labelled subsets of {pools} (the rest unlabelled) "
         f"plus {a.n_unlabeled} unlabelled, {a.n_val} validation and {a.n_test} test images; "
         f"{a.image_size} px, {a.epochs} epochs per run. Metrics on the local test set."
     )
@@ -277,10 +300,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         context += f" transfer_generic_*: {pretrained}" + (f", the {' and '.join(given)} given" if given else "")
         context += "; heads left random, fine-tuned on the local labels."
     outputs = [exp.csv_path, exp.out / f"{exp.stem}.png", exp.out / f"{exp.stem}.md", exp.meta_path]
+    all_rows = exp.out / f"{exp.stem}_merged.csv"  # the table's rows in one file, where other folders' join them
+    all_rows.unlink(missing_ok=True)
+    if merged:
+        for row in rows:
+            append_row(all_rows, row)
+        outputs.append(all_rows)
     write_markdown(outputs[2], rows, methods, context)
     title = f"{a.task}: teacher domain {a.teacher_domain} -> local domain {a.student_domain}, {a.image_size} px"
     plot(outputs[1], rows, methods, f"{title}, {a.epochs} epochs, seeds {', '.join(map(str, sorted(seeds)))}")
     exp.write_metadata(report_only=args.report_only)
+    exp.record_merged(merged)
     report = write_html_report(exp.out, exp.out / "report.html", "MED-TEX learning curves")
     print(f"\n{len(rows)} runs in the table. Written:")
     for path in [*outputs, report]:

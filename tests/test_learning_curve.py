@@ -342,3 +342,74 @@ def test_command_history_starts_from_a_folder_recorded_before_it():
     assert Experiment._commands(again, history[1]["command"], "def", "t3") == history
     moved = {**old, "commands": [*history[:1], {**history[1], "git_commit": "other"}]}
     assert len(Experiment._commands(moved, history[1]["command"], "def", "t3")) == 3
+
+
+def test_merge_from_joins_a_larger_pool_on_the_same_test_set_and_refuses_any_other(tmp_path):
+    """--merge-from: the other folder's rows join the tables, plot and one CSV, its teacher row once; a folder with
+    other settings, other weights, a size of this curve or another teacher score is refused, naming what differs."""
+    small, large = tmp_path / "small", tmp_path / "large"
+    args = arguments(small, "--methods", "scratch", "kd", "--report-only")
+
+    def make_curve(folder: Path, pool: int, rows: list[tuple[str, int, int, float]], **changed) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        exp = experiment.Experiment(learning_curve.parse_args(arguments(folder)))
+        settings = {**exp.settings(), "pool": pool, **changed}
+        meta = {"settings": settings, "weights_sha256": {"teacher": "ab" * 32}, "commands": [{"command": str(pool)}]}
+        (folder / "learning_curve_fundus.json").write_text(json.dumps(meta))
+        for method, n, seed, auc in rows:
+            append_row(
+                folder / "learning_curve_fundus.csv",
+                {
+                    "task": "fundus",
+                    "method": method,
+                    "n_labeled": n,
+                    "seed": seed,
+                    "auc": auc,
+                    "teacher_domain": "A",
+                    "student_domain": "B",
+                    "code_version": "c0ffee",
+                },
+            )
+
+    make_curve(small, 16, [("teacher", 0, 0, 0.75), ("scratch", 16, 0, 0.60), ("kd", 16, 0, 0.70)])
+    large_rows = [("teacher", 0, 0, 0.75), *(("scratch", 64, s, a) for s, a in ((0, 0.80), (1, 0.70)))]
+    large_rows += [("kd", 64, s, a) for s, a in ((0, 0.78), (1, 0.76))]
+    make_curve(large, 64, large_rows)
+    assert learning_curve.main([*args, "--merge-from", str(large)]) == 0
+    md = (small / "learning_curve_fundus.md").read_text()
+    assert "| kd | 0.700 ± 0.000 (1) | 0.770 ± 0.014 (2) |" in md  # kd at 64: (0.78 + 0.76) / 2, sd 0.0141
+    # kd - scratch at 64: (-0.02, +0.06): mean +0.020, sd 0.0566, kd higher on 1 of 2
+    assert "| kd - scratch | +0.100 ± 0.000 (1/1) | +0.020 ± 0.057" in md
+    assert f"n = 64: of a pool of 64 ({large.resolve()}, merged)" in md and "a pool of 16 images" in md
+    merged_csv = read_rows(small / "learning_curve_fundus_merged.csv")
+    assert len(merged_csv) == 3 + 4 and sum(r["method"] == "teacher" for r in merged_csv) == 1
+    assert len(read_rows(small / "learning_curve_fundus.csv")) == 3  # the folder's own runs are left as they were
+    meta = json.loads((small / "learning_curve_fundus.json").read_text())
+    assert [(m["pool"], m["sizes"], m["rows"], m["commands"]) for m in meta["merged_from"]] == [
+        (64, [64], 4, [{"command": "64"}])
+    ]
+
+    refusals = {
+        "image_size: 64 there, 32 here": {"image_size": 64},
+        "teacher weights: SHA-256 cdcdcdcdcdcd there": {},
+        "n = 16 in both": {},
+        "the teacher's test AUC 0.76 there, 0.75 here": {},
+    }
+    for i, (message, changed) in enumerate(refusals.items()):
+        other = tmp_path / f"other{i}"
+        rows = [("teacher", 0, 0, 0.76 if "AUC" in message else 0.75), ("kd", 16 if "16" in message else 64, 0, 0.7)]
+        make_curve(other, 64, rows, **changed)
+        if "SHA" in message:
+            meta_path = other / "learning_curve_fundus.json"
+            meta_path.write_text(
+                json.dumps({**json.loads(meta_path.read_text()), "weights_sha256": {"teacher": "cd" * 32}})
+            )
+        with pytest.raises(SystemExit, match=message):
+            learning_curve.main([*args, "--merge-from", str(other)])
+    with pytest.raises(SystemExit, match="no learning curve of task fundus"):
+        learning_curve.main([*args, "--merge-from", str(tmp_path / "nothing")])
+
+    assert learning_curve.main(args) == 0  # without it, the table is the folder's own again
+    assert "n = 64" not in (small / "learning_curve_fundus.md").read_text()
+    assert not (small / "learning_curve_fundus_merged.csv").exists()
+    assert "merged_from" not in json.loads((small / "learning_curve_fundus.json").read_text())

@@ -179,6 +179,78 @@ class Experiment:
             history.append(latest)
         return history
 
+    def merged_curves(
+        self, folders: Sequence[Path], rows: list[dict[str, str]]
+    ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+        """The rows of other curves' folders (``--merge-from``) to join this one's ``rows`` in its tables and plot,
+        and their provenance. They must share this curve's local test set and networks: the same settings but for
+        the pool (a larger pool starts with the images of a smaller one: each image is seeded by its split and index),
+        the same SHA-256 for every shared network both recorded, and no size of this curve. A teacher row of both
+        must agree to the last digit (the same test set), and is kept once."""
+        own_sizes = {r["n_labeled"] for r in rows if r["method"] != TEACHER} | (
+            set() if self.args.report_only else {str(n) for n in self.args.sizes}  # the sizes this command trains
+        )
+        teacher = next((r for r in rows if r["method"] == TEACHER), None)  # kept once, from the first that has it
+        settings = self.settings()
+        previous = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        weights = previous.get("weights_sha256", {})
+        merged: list[dict[str, str]] = []
+        provenance: list[dict[str, Any]] = []
+        for folder in folders:
+            meta_path, csv_path = folder / self.meta_path.name, folder / self.csv_path.name
+            if not meta_path.is_file() or not csv_path.is_file():
+                raise SystemExit(
+                    f"--merge-from {folder}: no learning curve of task {self.task} ({meta_path.name} and"
+                    f" {csv_path.name} are not both there)"
+                )
+            meta = json.loads(meta_path.read_text())
+            theirs = meta.get("settings", {})
+            # paths of given networks may differ (a folder's own teacher given to the next): their hashes decide
+            differ = [
+                f"{k}: {theirs.get(k)!r} there, {settings[k]!r} here"
+                for k in FIXED
+                if k not in ("teacher_ckpt", "source_student_ckpt") and theirs.get(k) != settings[k]
+            ]
+            differ += [
+                f"{name} weights: SHA-256 {digest[:12]} there, {weights[name][:12]} here"
+                for name, digest in meta.get("weights_sha256", {}).items()
+                if name in weights and weights[name] != digest
+            ]
+            their_rows = read_rows(csv_path)
+            both = sorted(own_sizes & {r["n_labeled"] for r in their_rows if r["method"] != TEACHER}, key=int)
+            differ += [f"n = {', '.join(both)} in both"] if both else []
+            their_teacher = next((r for r in their_rows if r["method"] == TEACHER), None)
+            if teacher and their_teacher and teacher["auc"] != their_teacher["auc"]:
+                differ.append(f"the teacher's test AUC {their_teacher['auc']} there, {teacher['auc']} here")
+            if differ:
+                raise SystemExit(
+                    f"--merge-from {folder}: not a curve on this one's test set and networks ({'; '.join(differ)})"
+                )
+            keep = [r for r in their_rows if r["method"] != TEACHER or teacher is None]
+            teacher = teacher or their_teacher
+            merged += keep
+            own_sizes |= {r["n_labeled"] for r in keep if r["method"] != TEACHER}
+            provenance.append(
+                {
+                    "folder": portable_path(folder.resolve()),
+                    "pool": theirs.get("pool"),
+                    "sizes": sorted({int(r["n_labeled"]) for r in keep if r["method"] != TEACHER}),
+                    "rows": len(keep),
+                    "weights_sha256": meta.get("weights_sha256", {}),
+                    "commands": meta.get("commands", []),
+                }
+            )
+        return merged, provenance
+
+    def record_merged(self, provenance: list[dict[str, Any]]) -> None:
+        """Name the merged folders in this folder's JSON (or drop a stale list: the tables have none now)."""
+        meta = json.loads(self.meta_path.read_text())
+        if provenance:
+            meta["merged_from"] = provenance
+        elif meta.pop("merged_from", None) is None:
+            return
+        self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+
     # --- bundle commands ----------------------------------------------------------------------------------------
 
     def overrides(self, teacher: bool = False) -> list[str]:

@@ -61,7 +61,10 @@ def paired_differences(rows: list[dict[str, str]], metric: str, first: str, seco
     return out
 
 
-def paired_interval(mean: float, sd: float, n: int, level: float = 0.95) -> tuple[float, float]:
+CONFIDENCE = 0.95  # of the paired differences' intervals in the tables
+
+
+def paired_interval(mean: float, sd: float, n: int, level: float = CONFIDENCE) -> tuple[float, float]:
     """The two-sided confidence interval of a mean paired difference from its n values' mean and sample sd (Student's
     t with n - 1 degrees of freedom): the paired t-test's interval, which assumes the differences roughly normal."""
     from scipy.stats import t
@@ -75,7 +78,7 @@ def _t_multipliers(seed_counts: list[int]) -> str:
     multiplier the rows of this table use rather than one for a seed count they may not have."""
     from scipy.stats import t
 
-    return ", ".join(f"t = {float(t.ppf(0.975, n - 1)):.2f} for {n} seeds" for n in seed_counts)
+    return ", ".join(f"t = {float(t.ppf(0.5 + CONFIDENCE / 2, n - 1)):.2f} for {n} seeds" for n in seed_counts)
 
 
 def _paired_lines(rows: list[dict[str, str]], sizes: list[int]) -> list[str]:
@@ -103,8 +106,8 @@ def _paired_lines(rows: list[dict[str, str]], sizes: list[int]) -> list[str]:
     if not lines:
         return []
     header = [
-        "## auc: paired differences (same labelled set and seed): mean ± sd [95% confidence interval of the mean,"
-        " paired t] (seeds where the first is higher / seeds)",
+        "## auc: paired differences (same labelled set and seed): mean ± sd"
+        f" [{CONFIDENCE:.0%} confidence interval of the mean, paired t] (seeds where the first is higher / seeds)",
         "",
         (
             "An interval that holds 0 shows no difference at these seeds; with few seeds it is wide ("
