@@ -268,13 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = read_rows(exp.csv_path)
     merged_rows, merged = exp.merged_curves(args.merge_from, rows)
-    pools = f"a pool of {exp.pool} images"
-    for curve in (c for c in merged if c["sizes"]):
-        pools += (
-            f"; n = {', '.join(map(str, curve['sizes']))}: of a pool of {curve['pool']} ({curve['folder']}, merged)"
-        )
-    if any(curve["sizes"] for curve in merged):
-        pools += "; a smaller pool is the first images of a larger"
+    larger = [
+        f"n = {', '.join(map(str, curve['sizes']))}: of a pool of {curve['pool']} in {curve['folder']}, merged"
+        for curve in merged
+        if curve["sizes"]
+    ]
+    pools = f"a pool of {exp.pool} images (the rest unlabelled" + "".join(f"; {text}" for text in larger)
+    pools += "; each smaller pool is the first images of a larger)" if larger else ")"
     rows += merged_rows
     methods = method_order(rows, args.methods)
     seeds = {int(r["seed"]) for r in rows if r["method"] != TEACHER}
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     context = (
         f"Task {a.task}; {teacher}"
-        f"local domain {a.student_domain}: labelled subsets of {pools} (the rest unlabelled) "
+        f"local domain {a.student_domain}: labelled subsets of {pools} "
         f"plus {a.n_unlabeled} unlabelled, {a.n_val} validation and {a.n_test} test images; "
         f"{a.image_size} px, {a.epochs} epochs per run. Metrics on the local test set."
     )

@@ -380,7 +380,10 @@ def test_merge_from_joins_a_larger_pool_on_the_same_test_set_and_refuses_any_oth
     assert "| kd | 0.700 ± 0.000 (1) | 0.770 ± 0.014 (2) |" in md  # kd at 64: (0.78 + 0.76) / 2, sd 0.0141
     # kd - scratch at 64: (-0.02, +0.06): mean +0.020, sd 0.0566, kd higher on 1 of 2
     assert "| kd - scratch | +0.100 ± 0.000 (1/1) | +0.020 ± 0.057" in md
-    assert f"n = 64: of a pool of 64 ({large.resolve()}, merged)" in md and "a pool of 16 images" in md
+    assert (
+        f"(the rest unlabelled; n = 64: of a pool of 64 in {large.resolve()}, merged; each smaller" in md
+        and "a pool of 16 images" in md
+    )
     merged_csv = read_rows(small / "learning_curve_fundus_merged.csv")
     assert len(merged_csv) == 3 + 4 and sum(r["method"] == "teacher" for r in merged_csv) == 1
     assert len(read_rows(small / "learning_curve_fundus.csv")) == 3  # the folder's own runs are left as they were
