@@ -421,7 +421,7 @@ def report(args: argparse.Namespace, variants: dict[str, list[str]], sanity: dic
                     "mask_only_chance": run["leak"]["chance"],
                     "mask_kept_fraction": run["kept"],
                     "peak_spread": peak_spread(run["maps"]),
-                    "train_seconds": float(curve_row["train_seconds"]),
+                    "train_seconds": float(curve_row["train_seconds"] or "nan"),  # blank: resumed, its time not whole
                     "n_images": images.shape[0],
                     "n_with_lesion": int(with_lesion.sum()),
                     "code_version": commit,

@@ -17,7 +17,8 @@ from networks pretrained once on the generic set (scripts/pretrain_generic.py, `
 every ``configs/baselines/<name>.yaml`` by its name, and ``teacher`` (the teacher evaluated on the local test set,
 trained on no local labels: a reference line).
 
-Outputs in ``--out``: learning_curve_<task>.csv (one row per finished run, with the commit that made it), .png
+Outputs in ``--out``: learning_curve_<task>.csv (one row per finished run, with the commit that made it;
+``train_seconds`` blank where a run resumed after a kill), .png
 (mean +- 1 sd over seeds), .md (mean, sd and n per method and size; paired differences between methods on the same
 labelled sets and seeds, with the 95% interval of their mean), .json (settings and provenance, with every command run
 on the folder) and report.html (all results in one page).

@@ -128,6 +128,9 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     commits = iter(["commit-at-start"])
     monkeypatch.setattr(experiment, "git_commit", lambda: next(commits, "commit-moved"))
     extend = [*args, "--methods", *METHODS, "transfer_student", "--seeds", "0", "1", "--sizes", "8", "--jobs", "2"]
+    killed = out / "runs" / "fundus" / "scratch" / "n8_seed1"  # an attempt killed after epoch 3: the run resumes
+    killed.mkdir(parents=True)
+    (killed / "train_checkpoint_3.pt").write_bytes(b"")
     code = learning_curve.main(extend)
     assert code == 1 and "FAILED: transfer_student n8_seed0 (training)" in capsys.readouterr().out
     assert all("seed0" not in output or "transfer_student" in output for _, output in calls)
@@ -143,6 +146,9 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     assert commands[1]["git_commit"] == "commit-at-start" and commands[0]["started"] <= commands[1]["started"]
     assert json.loads((out / "learning_curve_fundus.json").read_text())["git_commit"] == "commit-at-start"
     assert {r["code_version"] for r in new[len(rows) :]} == {"commit-at-start"}
+    # the resumed run's time covers only its last attempt: left blank rather than reported short
+    assert {r["method"]: r["train_seconds"] for r in new[len(rows) :]} == {"kd": "1.0", "scratch": ""}
+    assert not any(killed.glob("train_checkpoint_*.pt"))
 
     # a teacher other than the one the rows were made with (given, or retrained differently in a fresh folder that
     # holds only the CSV and JSON) is refused: the runs that need it are skipped, the others go on

@@ -445,6 +445,8 @@ class Experiment:
             where += ["--teacher_ckpt", str(self.teacher_ckpt)]
         done = run_dir / "train.done.json"
         if not done.is_file():
+            # a killed attempt left a checkpoint to resume from: this attempt's time is not the run's, and none is kept
+            resumed = any(run_dir.glob("train_checkpoint_*.pt"))
             init = ["--init_ckpt", str(self.source_ckpt)] if method in FROM_SOURCE else []
             if method in FROM_GENERIC:
                 init = ["--init_ckpt", str(self.generic_ckpts[FROM_GENERIC[method]])]
@@ -464,7 +466,7 @@ class Experiment:
             if not ok:
                 return self._failed(method, name, "training", log)
             run_dir.mkdir(parents=True, exist_ok=True)
-            done.write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
+            done.write_text(json.dumps({"seconds": None if resumed else round(seconds, 1)}) + "\n")
             _remove_resume_checkpoints(run_dir)
         if not (eval_dir / "metrics.csv").is_file():
             ok, _ = self.bundle(
