@@ -237,6 +237,7 @@ class Experiment:
                     "sizes": sorted({int(r["n_labeled"]) for r in keep if r["method"] != TEACHER}),
                     "rows": len(keep),
                     "weights_sha256": meta.get("weights_sha256", {}),
+                    **{key: meta.get(key) for key in ("host", "device", "platform", "torch", "monai")},  # its machine
                     "commands": meta.get("commands", []),
                 }
             )
