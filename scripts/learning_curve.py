@@ -212,9 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp = Experiment(args)
     exp.argv = argv
     exp.out.mkdir(parents=True, exist_ok=True)
+    # a folder --merge-from refuses is refused now, not after hours of training, and not recorded in the JSON
+    exp.merged_curves(args.merge_from, read_rows(exp.csv_path))
     exp.write_metadata(report_only=args.report_only)
     done = {row_key(r) for r in read_rows(exp.csv_path)}
-    exp.merged_curves(args.merge_from, read_rows(exp.csv_path))  # refused now rather than after hours of training
     key_of = {"task": args.task, "teacher_domain": args.teacher_domain, "student_domain": args.student_domain}
     # seed-major: an interrupted experiment already has whole curves for its first seeds
     runs = [(m, n, s) for s in args.seeds for n in args.sizes for m in args.methods if m != TEACHER]

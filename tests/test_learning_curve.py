@@ -398,6 +398,7 @@ def test_merge_from_joins_a_larger_pool_on_the_same_test_set_and_refuses_any_oth
         (64, [64], 4, [{"command": "64"}])
     ]
 
+    training = arguments(small, "--methods", "scratch", "kd")  # refused before it trains or is recorded
     refusals = {
         "image_size: 64 there, 32 here": {"image_size": 64},
         "teacher weights: SHA-256 cdcdcdcdcdcd there": {},
@@ -414,9 +415,11 @@ def test_merge_from_joins_a_larger_pool_on_the_same_test_set_and_refuses_any_oth
                 json.dumps({**json.loads(meta_path.read_text()), "weights_sha256": {"teacher": "cd" * 32}})
             )
         with pytest.raises(SystemExit, match=message):
-            learning_curve.main([*args, "--merge-from", str(other)])
+            learning_curve.main([*training, "--merge-from", str(other)])
     with pytest.raises(SystemExit, match="no learning curve of task fundus"):
-        learning_curve.main([*args, "--merge-from", str(tmp_path / "nothing")])
+        learning_curve.main([*training, "--merge-from", str(tmp_path / "nothing")])
+    commands = json.loads((small / "learning_curve_fundus.json").read_text()).get("commands", [])
+    assert not any("other" in c["command"] or "nothing" in c["command"] for c in commands)  # refused: not recorded
 
     assert learning_curve.main(args) == 0  # without it, the table is the folder's own again
     assert "n = 64" not in (small / "learning_curve_fundus.md").read_text()
