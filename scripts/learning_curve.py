@@ -58,7 +58,7 @@ from scripts.learning_curves.methods import (  # noqa: E402
     available_methods,
 )
 from scripts.learning_curves.render import method_order, plot, write_markdown  # noqa: E402
-from scripts.learning_curves.rows import append_row, read_rows, row_key  # noqa: E402
+from scripts.learning_curves.rows import append_row, read_rows, row_key, write_rows  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -305,14 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_rows = exp.out / f"{exp.stem}_merged.csv"  # the table's rows in one file, where other folders' join them
     all_rows.unlink(missing_ok=True)
     if merged:
-        for row in rows:
-            append_row(all_rows, row)
+        write_rows(all_rows, rows)
         outputs.append(all_rows)
     write_markdown(outputs[2], rows, methods, context)
     title = f"{a.task}: teacher domain {a.teacher_domain} -> local domain {a.student_domain}, {a.image_size} px"
     plot(outputs[1], rows, methods, f"{title}, {a.epochs} epochs, seeds {', '.join(map(str, sorted(seeds)))}")
-    exp.write_metadata(report_only=args.report_only)
-    exp.record_merged(merged)
+    exp.write_metadata(report_only=args.report_only, merged=merged)
     report = write_html_report(exp.out, exp.out / "report.html", "MED-TEX learning curves")
     print(f"\n{len(rows)} runs in the table. Written:")
     for path in [*outputs, report]:

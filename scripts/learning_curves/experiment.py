@@ -128,17 +128,19 @@ class Experiment:
             )
         return pool
 
-    def write_metadata(self, report_only: bool = False) -> None:
+    def write_metadata(self, report_only: bool = False, merged: list[dict[str, Any]] | None = None) -> None:
         """Settings and provenance of the runs: the machine, command and code that trained them. ``report_only``
-        (tables and plot remade elsewhere, nothing trained) keeps the training machine's record."""
+        (tables and plot remade elsewhere, nothing trained) keeps the training machine's record. ``merged``: the
+        folders whose rows the tables now hold (``merged_curves``); None keeps the list the JSON has."""
         previous = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
         now = datetime.now().astimezone().isoformat(timespec="seconds")
         argv = [portable_path(a) if os.path.isabs(a) else a for a in self.argv]
         command = command_line([Path(sys.executable).name, "scripts/learning_curve.py", *argv])
+        merged = previous.get("merged_from", []) if merged is None else merged
         if report_only and previous:
-            self.meta_path.write_text(
-                json.dumps({**previous, "reported": now, "report_command": command}, indent=2) + "\n"
-            )
+            meta = {k: v for k, v in previous.items() if k != "merged_from"}
+            meta |= {"reported": now, "report_command": command} | ({"merged_from": merged} if merged else {})
+            self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
             return
         meta = {
             "created": previous.get("created", now),
@@ -157,6 +159,7 @@ class Experiment:
             "weights_sha256": previous.get("weights_sha256", {}),  # shared networks the rows were made with
             "csv": self.csv_path.name,
             "commands": self._commands(previous, command, self.code_version, now),
+            **({"merged_from": merged} if merged else {}),
         }
         self.out.mkdir(parents=True, exist_ok=True)
         self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -242,15 +245,6 @@ class Experiment:
                 }
             )
         return merged, provenance
-
-    def record_merged(self, provenance: list[dict[str, Any]]) -> None:
-        """Name the merged folders in this folder's JSON (or drop a stale list: the tables have none now)."""
-        meta = json.loads(self.meta_path.read_text())
-        if provenance:
-            meta["merged_from"] = provenance
-        elif meta.pop("merged_from", None) is None:
-            return
-        self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
     # --- bundle commands ----------------------------------------------------------------------------------------
 

@@ -46,20 +46,24 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         with open(path, newline="") as f:
             header = next(csv.reader(f), [])
         if header != COLUMNS:
-            old_rows = read_rows(path)
-
-            def rewrite(tmp: Path) -> None:
-                with open(tmp, "w", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-                    writer.writeheader()
-                    writer.writerows(old_rows)
-
-            write_atomically(path, rewrite)  # a kill while rewriting leaves the old file, never half of it
+            write_rows(path, read_rows(path))  # atomic: a kill while rewriting leaves the old file, never half of it
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` as a whole CSV with today's columns, replacing any file there."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(path, write)
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, ...]:
