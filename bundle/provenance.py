@@ -30,18 +30,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_capability() -> str:
+    """The vector instructions torch's CPU kernels use here (``AVX512``, ``AVX2``, ``DEFAULT``...). Two machines with
+    the same CPU name can differ in it, and then fixed seeds no longer train bit-identical weights: other kernels
+    round differently."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def usable_cores() -> int | None:
     """Cores this process may run on (its affinity), which can be fewer than the machine has."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def device_name() -> str:
-    """The GPU the bundle's runs use (the configs pick CUDA when there is one), else the CPU model and its cores."""
+    """The GPU the bundle's runs use (the configs pick CUDA when there is one), else the CPU model, its cores and the
+    vector instructions torch uses on it (``cpu_capability``)."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{cpu_name()}, {os.cpu_count()} cores"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {cpu_capability()}"
 
 
 def package_version(module: str) -> str | None:
@@ -99,4 +109,5 @@ def machine_info(device: Any, bf16_native: bool | None = None) -> dict[str, Any]
         "python": platform.python_version(),
         "platform": platform.platform(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_capability": cpu_capability(),
     }

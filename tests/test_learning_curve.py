@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from bundle.files import file_sha256
-from bundle.provenance import git_commit
+from bundle.provenance import device_name, git_commit
 from scripts import learning_curve  # a package module: a mutation run replaces scripts/
 from scripts.learning_curves import experiment, render
 from scripts.learning_curves.rows import COLUMNS, append_row
@@ -159,7 +159,16 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     code = learning_curve.main([*args, "--methods", *METHODS, "--seeds", "2", "--sizes", "8"])
     printed = capsys.readouterr().out
     assert code == 1 and "REFUSED" in printed and "not the teacher the runs" in printed
+    assert "They were made on" not in printed  # the same machine made the rows: nothing to say about it
     assert [(r["method"], r["seed"]) for r in read_rows(csv_path)[len(new) :]] == [("scratch", "2")]
+    # rows made on another kind of machine (the JSON's record before this command replaces it): the refusal names
+    # both, as retraining there cannot give the same weights
+    meta_path = out / "learning_curve_fundus.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "device": "Other CPU, 2 cores, AVX512"}))
+    code = learning_curve.main([*args, "--methods", *METHODS, "--seeds", "3", "--sizes", "8"])
+    printed = " ".join(capsys.readouterr().out.split())  # say() may wrap the line
+    assert code == 1 and f"made on 'Other CPU, 2 cores, AVX512', this machine is {device_name()!r}" in printed
+    assert json.loads(meta_path.read_text())["device"] == device_name()  # this command's machine, recorded
 
     # the same folder with other settings would mix incomparable runs: refused before any work
     with pytest.raises(SystemExit, match="other settings.*epochs: 1 -> 2"):

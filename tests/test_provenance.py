@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bundle.provenance import ROOT, command_line, cpu_name, git_commit, machine_info, portable_path
+from bundle.provenance import ROOT, command_line, cpu_name, device_name, git_commit, machine_info, portable_path
 from scripts import benchmark
 from scripts.benchmarking.settings import make_settings
 
@@ -44,6 +44,14 @@ def test_machine_record_names_cpu_cores_threads_and_versions():
         "device_name",
         "bf16_native",
     ]  # the order of the benchmark JSON's "machine" before the split
+
+
+def test_a_cpu_is_named_with_the_vector_instructions_torch_uses_on_it(monkeypatch):
+    # two "AMD EPYC, 2 cores" machines, one with AVX-512 and one without, train different weights from one seed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert device_name() == f"{cpu_name()}, {os.cpu_count()} cores, AVX512"
+    assert machine_info(torch.device("cpu"))["cpu_capability"] == "AVX512"
 
 
 def test_git_commit_is_the_checked_out_one_marked_when_dirty(tmp_path):

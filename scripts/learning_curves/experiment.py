@@ -63,6 +63,8 @@ class Experiment:
         self.local_data = data / f"{self.task}_local_{args.student_domain}"
         self.work = {name: self.out / name / self.task for name in ("runs", "models", "eval", "logs")}
         self.pool = self._check_settings()
+        # the machine the finished runs were made on, read before this command's record replaces it
+        self.made_on = json.loads(self.meta_path.read_text()).get("device") if self.meta_path.is_file() else None
         self.teacher_ckpt = args.teacher_ckpt.resolve() if args.teacher_ckpt else self.work["models"] / "teacher.pt"
         self.source_ckpt = (
             args.source_student_ckpt.resolve()
@@ -324,16 +326,25 @@ class Experiment:
     def same_weights(self, name: str, ckpt: Path) -> bool:
         """Record the SHA-256 of the shared network ``name`` (teacher, source student) in the metadata, or, when the
         finished runs were made with other weights (a teacher given or trained again differently), refuse them:
-        ``False``, and the runs that need it are skipped. Retraining is deterministic on one machine (fixed seeds),
-        so an experiment continued in a fresh ``--out`` that holds only the CSV and JSON keeps its runs."""
+        ``False``, and the runs that need it are skipped. Retraining is deterministic on one kind of machine (fixed
+        seeds; the same CPU and vector instructions), so an experiment continued there in a fresh ``--out`` that holds
+        only the CSV and JSON keeps its runs; on another kind the refusal names both machines."""
         digest = file_sha256(ckpt)
         meta = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
         recorded = meta.setdefault("weights_sha256", {}).get(name)
         if recorded is not None and recorded != digest and read_rows(self.csv_path):
             self.failures.append(f"{name}: {ckpt} differs from the one the finished runs used")
+            here = device_name()
+            machine = (
+                f" They were made on {self.made_on!r}, this machine is {here!r}: fixed seeds retrain the same weights"
+                " only on the same CPU model and vector instructions (or the same GPU)."
+                if self.made_on and self.made_on != here
+                else ""
+            )
             say(
                 f"REFUSED: {ckpt} (SHA-256 {digest[:12]}) is not the {name} the runs in {self.csv_path} were made "
-                f"with ({recorded[:12]}); their rows would mix two {name}s. Use another --out."
+                f"with ({recorded[:12]}); their rows would mix two {name}s.{machine} Use another --out, or give the "
+                f"{name} they were made with."
             )
             return False
         meta["weights_sha256"][name] = digest
