@@ -63,9 +63,9 @@ class Experiment:
         self.local_data = data / f"{self.task}_local_{args.student_domain}"
         self.work = {name: self.out / name / self.task for name in ("runs", "models", "eval", "logs")}
         # the record of the finished runs in --out, read once, before this command's record replaces it
-        self.stored: dict[str, Any] = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
-        self.made_on = self.stored.get("device")  # the machine the finished runs were made on
-        self.pool = self._check_settings()
+        finished: dict[str, Any] = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        self.made_on = finished.get("device")  # the machine the finished runs were made on
+        self.pool = self._check_settings(finished)
         self.teacher_ckpt = args.teacher_ckpt.resolve() if args.teacher_ckpt else self.work["models"] / "teacher.pt"
         self.source_ckpt = (
             args.source_student_ckpt.resolve()
@@ -112,12 +112,13 @@ class Experiment:
             "teacher_overrides": self.overrides(teacher=True),  # provenance: the teacher is trained once per --out
         }
 
-    def _check_settings(self) -> int:
-        """Refuse settings that differ from those the finished runs in ``--out`` were made with; return the pool."""
+    def _check_settings(self, finished: dict[str, Any]) -> int:
+        """Refuse settings that differ from those the finished runs in ``--out`` were made with (``finished``: their
+        JSON record, empty for a new folder); return the pool."""
         settings = self.settings()
-        if not self.stored:
+        if not finished:
             return max(self.args.sizes)
-        before = self.stored.get("settings", {})
+        before = finished.get("settings", {})
         before = {k: portable_path(v) if k.endswith("_ckpt") and v else v for k, v in before.items()}  # older, absolute
         changed = [f"{k}: {before.get(k)!r} -> {settings[k]!r}" for k in FIXED if before.get(k) != settings[k]]
         pool = int(before.get("pool", max(self.args.sizes)))
