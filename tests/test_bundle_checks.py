@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from monai.networks.nets import DenseNet
 from bundle.data.transforms import LoadMedicalImaged
 from bundle.networks.teacher import count_parameters, load_weights
 from tests.conftest import inference_network
+from tests.forked import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -31,9 +30,7 @@ TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "device": "cpu", "a
 def monai_bundle(*args: str) -> str:
     """``python -m monai.bundle ARGS`` from the repository root, as a user runs it; its output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = run_python(["-m", "monai.bundle", *args], cwd=ROOT, env=env)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result.stdout + result.stderr
 

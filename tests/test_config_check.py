@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from monai.bundle import ConfigParser
 
 from bundle.config_check import MONAI_RUN_ARGUMENTS, check_cli_overrides, check_overrides, find_problems, parse_cli
+from tests.forked import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["configs/train.yaml"]
@@ -192,7 +191,7 @@ def test_every_workflow_checks_first(configs):
 
 
 def test_the_bundle_cli_stops_before_any_work():
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
+    command = ["-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
     command += [
         "--learning_rat",
         "0.01",
@@ -204,7 +203,7 @@ def test_the_bundle_cli_stops_before_any_work():
         "/no",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = run_python(command, cwd=ROOT, env=env, timeout=120)
     log = result.stdout + result.stderr
     assert result.returncode != 0
     assert "learning_rat" in log and "did you mean 'learning_rate'" in log and "max_epochs: expected an integer" in log

@@ -36,6 +36,7 @@ from bundle.datasets import (
     convert_medmnist,
     eyepacs_patient,
 )
+from tests.forked import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("training", "validation", "test")
@@ -644,7 +645,7 @@ def test_printed_training_command_passes_the_data_check(tmp_path: Path):
     with pytest.raises(SystemExit, match="outside"):
         data_check(without)
     # the stand-alone check agrees: scripts/validate_datalist.py with and without the printed folder
-    validate = [sys.executable, "scripts/validate_datalist.py", str(out), "--no-decode"]
-    allowed = subprocess.run(validate + ["--allow-root", overrides["data_roots"][0]], cwd=REPO, capture_output=True)
-    assert allowed.returncode == 0, allowed.stdout.decode()
-    assert subprocess.run(validate, cwd=REPO, capture_output=True).returncode == 1
+    validate = ["scripts/validate_datalist.py", str(out), "--no-decode"]
+    allowed = run_python(validate + ["--allow-root", overrides["data_roots"][0]], cwd=REPO)
+    assert allowed.returncode == 0, allowed.stdout
+    assert run_python(validate, cwd=REPO).returncode == 1

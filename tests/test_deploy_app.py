@@ -27,6 +27,7 @@ from PIL import Image
 from bundle.datasets.demo import generate_demo_data
 from bundle.handlers.writers import blend_overlay
 from bundle.networks.teacher import load_weights
+from tests.forked import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "deploy" / "app.py"
@@ -184,9 +185,9 @@ def test_deploy_matches_monai_bundle_run_inference_on_the_same_file(deployed, tm
     for key, value in SMALL.items():
         args += [f"--{key}", str(value).replace(" ", "")]
     config = "['" + "','".join(CONFIGS) + "']"
-    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", config, *args]
+    command = ["-m", "monai.bundle", "run", "inference", "--config_file", config, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_python(command, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out / "predictions.csv", newline="") as f:
         reader = csv.DictReader(f)

@@ -4,8 +4,6 @@ logits and masks, for any batch size, with both PyTorch exporters."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import inference_network
+from tests.forked import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64
@@ -23,10 +22,10 @@ IMAGE_SIZE = 64
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_onnxruntime_gives_the_eager_logits_and_masks(tmp_path, model_ckpt, exporter):
     exported = tmp_path / "model.onnx"
-    command = [sys.executable, "scripts/export_onnx.py", "--ckpt-file", str(model_ckpt), "--filepath", str(exported)]
+    command = ["scripts/export_onnx.py", "--ckpt-file", str(model_ckpt), "--filepath", str(exported)]
     command += ["--image-size", str(IMAGE_SIZE), "--exporter", exporter]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_python(command, cwd=ROOT, env=env)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
     model = onnx.load(str(exported))

@@ -5,6 +5,7 @@ learning curve fine-tunes from the pretrained weights and records which ones."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,18 @@ from bundle.files import file_sha256
 from bundle.networks import MedTex, Student
 from bundle.networks.teacher import load_weights
 from scripts import learning_curve, pretrain_generic
+from scripts.learning_curves import experiment
+from tests.forked import ForkingSubprocess
 
 TINY = ["--image-size", "32", "--batch-size", "8", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def forked_bundle_runs() -> Iterator[None]:
+    """The scripts' bundle runs in forks of this process (tests/forked.py), for the suite's time."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment, "subprocess", ForkingSubprocess)
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +23,7 @@ from bundle.data.inference import inference_items, list_input_files, resolve_cla
 from bundle.data.readers import ImageReadError, MedicalImageReader
 from bundle.handlers.writers import SaliencyWriter, blend_overlay, jet, source_stem
 from bundle.networks import Explainer, MedTex, Student
+from tests.forked import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["none", "mild", "moderate", "severe", "proliferative"]
@@ -142,8 +141,8 @@ def run_inference(inputs: Path, out: Path, models: Path, datalist: Path, batch_s
     for key, value in SMALL.items():
         args += [f"--{key}", str(value).replace(" ", "")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml"]
-    result = subprocess.run(command + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    command = ["-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml"]
+    result = run_python(command + args, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result.stdout + result.stderr
 

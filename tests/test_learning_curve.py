@@ -9,7 +9,6 @@ import math
 import os
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from bundle.provenance import device_name, git_commit
 from scripts import learning_curve  # a package module: a mutation run replaces scripts/
 from scripts.learning_curves import experiment, render
 from scripts.learning_curves.rows import COLUMNS, append_row
+from tests.forked import ForkingSubprocess, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,9 +38,10 @@ def arguments(out: Path, *extra: str) -> list[str]:
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
+    """``python scripts/learning_curve.py ARGS`` in a fork (tests/forked.py), its bundle runs forks too when the test
+    has put ForkingSubprocess in place of ``experiment.subprocess``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "scripts/learning_curve.py", *args]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return run_python(["scripts/learning_curve.py", *args], cwd=ROOT, env=env, timeout=900)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -55,6 +56,7 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     source = tmp_path / "source_student.pt"
     source.write_bytes(b"unused")
     args = arguments(out, "--source-student-ckpt", str(source))
+    monkeypatch.setattr(experiment, "subprocess", ForkingSubprocess)  # the bundle runs: forks, for the suite's time
     first = run_script(*args, "--methods", *METHODS)
     assert first.returncode == 0, f"{first.stdout[-3000:]}\n{first.stderr[-5000:]}"
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -16,6 +14,7 @@ from monai.networks.nets import DenseNet121
 from monai.utils import path_to_sqlite_uri
 
 from bundle.datasets.demo import FUNDUS_CLASSES, generate_demo_data
+from tests.forked import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image_size", "32", "--batch_size", "4", "--num_workers", "0", "--cache_rate", "0", "--preflight", "False"]
@@ -24,8 +23,8 @@ LOSS_TERMS = ["loss", "loss_ce", "loss_kd", "loss_vid", "loss_mask", "loss_fidel
 
 def bundle_run(workflow: str, config: str, *args: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", config, *TINY, *args]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    command = ["-m", "monai.bundle", "run", workflow, "--config_file", config, *TINY, *args]
+    result = run_python(command, cwd=ROOT, env=env)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
 

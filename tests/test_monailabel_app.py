@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +27,7 @@ from PIL import Image
 
 from bundle.datasets.demo import generate_demo_data
 from bundle.networks.teacher import load_weights
+from tests.forked import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_DIR = ROOT / "apps" / "monailabel"
@@ -62,9 +62,9 @@ def bundle_inference(inputs: Path, out: Path, ckpt_dir: Path, config_files: list
     args += ["--amp", "False", "--write_dicom", "False"]
     for key, value in SMALL.items():
         args += [f"--{key}", str(value).replace(" ", "")]
-    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", f"[{configs}]", *args]
+    command = ["-m", "monai.bundle", "run", "inference", "--config_file", f"[{configs}]", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_python(command, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,13 +14,14 @@ from PIL import Image
 
 from bundle.networks.teacher import load_weights
 from tests.conftest import predictions_of
+from tests.forked import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_python(args, cwd=ROOT, env=env)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result.stdout + result.stderr
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,14 @@ import torch
 from monai.networks.nets import DenseNet121
 
 from bundle.data.datalist import check_task
+from tests.forked import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = run_python(args, cwd=cwd, env=env)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
@@ -115,9 +115,8 @@ def test_config_and_datalist_disagreeing_on_the_task_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="multilabel.*in the datalist but 'multiclass' in the config"):
         check_task(dataset / "datalist.json", "multiclass", 4)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
+    result = run_python(
         [
-            sys.executable,
             "-m",
             "monai.bundle",
             "run",
@@ -133,8 +132,6 @@ def test_config_and_datalist_disagreeing_on_the_task_is_a_clear_error(tmp_path):
         ],
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert result.returncode != 0 and "configs/datasets" in result.stderr
