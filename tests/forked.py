@@ -159,7 +159,6 @@ class ForkingSubprocess:
     its ``run`` runs each command in a fork (``run_python``), output written where the script asked."""
 
     STDOUT = subprocess.STDOUT
-    PIPE = subprocess.PIPE
 
     @staticmethod
     def run(
