@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def foreign_env() -> dict[str, str]:
     """The caller's environment without PYTHONPATH: only bundle_root may lead to the package."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

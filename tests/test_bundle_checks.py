@@ -29,7 +29,7 @@ TINY = {"image_size": 32, "batch_size": 4, "num_workers": 0, "device": "cpu", "a
 
 def monai_bundle(*args: str) -> str:
     """``python -m monai.bundle ARGS`` from the repository root, as a user runs it; its output."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     result = run_python(["-m", "monai.bundle", *args], cwd=ROOT, env=env)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result.stdout + result.stderr

@@ -26,7 +26,6 @@ TOY = {
     "N_TEST": "30",  # more than the 12 images inference is given
     "SKIP_INSTALL": "1",
     "EXTRA_ARGS": "--preflight False",  # toy sizes lack some classes
-    "OMP_NUM_THREADS": "1",
 }
 
 

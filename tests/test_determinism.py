@@ -18,7 +18,7 @@ def train(data: Path, teacher_ckpt: Path, out: Path, seed: int, **env_vars: str)
     command += ["--dataset_dir", str(data), "--teacher_ckpt", str(teacher_ckpt), "--seed", str(seed)]
     command += ["--output_dir", str(out / "run"), "--ckpt_dir", str(out / "models"), "--image_size", "32"]
     command += ["--batch_size", "4", "--max_epochs", "2", "--num_workers", "2", "--preflight", "False"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env_vars}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_vars}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)

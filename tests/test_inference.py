@@ -140,7 +140,7 @@ def run_inference(inputs: Path, out: Path, models: Path, datalist: Path, batch_s
     args += ["--batch_size", str(batch_size), "--num_workers", "0", "--device", "cpu", "--amp", "False"]
     for key, value in SMALL.items():
         args += [f"--{key}", str(value).replace(" ", "")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = ["-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml"]
     result = run_python(command + args, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"

@@ -40,7 +40,7 @@ def arguments(out: Path, *extra: str) -> list[str]:
 def run_script(*args: str) -> subprocess.CompletedProcess:
     """``python scripts/learning_curve.py ARGS`` in a fork (tests/forked.py), its bundle runs forks too when the test
     has put ForkingSubprocess in place of ``experiment.subprocess``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return run_python(["scripts/learning_curve.py", *args], cwd=ROOT, env=env, timeout=900)
 
 

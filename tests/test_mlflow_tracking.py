@@ -22,7 +22,7 @@ LOSS_TERMS = ["loss", "loss_ce", "loss_kd", "loss_vid", "loss_mask", "loss_fidel
 
 
 def bundle_run(workflow: str, config: str, *args: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     command = ["-m", "monai.bundle", "run", workflow, "--config_file", config, *TINY, *args]
     result = run_python(command, cwd=ROOT, env=env)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"

@@ -63,7 +63,7 @@ def bundle_inference(inputs: Path, out: Path, ckpt_dir: Path, config_files: list
     for key, value in SMALL.items():
         args += [f"--{key}", str(value).replace(" ", "")]
     command = ["-m", "monai.bundle", "run", "inference", "--config_file", f"[{configs}]", *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = run_python(command, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 

@@ -37,7 +37,7 @@ def torchrun(logs: Path, workflow: str, configs: list[str], **override: object) 
     command += ["--config_file", str([f"configs/{c}" for c in configs])]
     for key, value in {**TINY, **override}.items():
         command += [f"--{key}", str(value)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
 

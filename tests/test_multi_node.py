@@ -61,7 +61,7 @@ def two_nodes(work: Path, tag: str, node_ranks: dict[str, int], overrides: dict[
     static rendezvous on 127.0.0.1 (the node rank is the one given: c10d's rendezvous would number the nodes in
     order of arrival); wait for both, return what each printed (its torchrun --log-dir, --tee 3)."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     configs = str(["configs/train.yaml", "configs/multi_gpu_train.yaml", str(work / "probe.yaml")])
     processes = {}
     for name, node_rank in node_ranks.items():
