@@ -20,8 +20,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # One torch thread per test process and per subprocess a test starts (they inherit this environment): CI runs two
 # pytest workers on two cores, and a second thread per process only oversubscribes them; a thread that waits for a core
 # at each of DenseNet121's operations made GradCAM 7x slower on this machine, and a 32 px inference subprocess started
-# with torch's default two threads beside a busy core took seconds per image. What the tests check does not depend on
-# the thread count.
+# with torch's default two threads beside a busy core took about a second per image. What the tests check does not
+# depend on the thread count.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
