@@ -39,6 +39,24 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def cpu_id() -> str | None:
+    """An x86 CPU's family, model and stepping from /proc/cpuinfo (None elsewhere): a virtual machine's model name can
+    be a bare "AMD EPYC" for CPUs of several generations, whose kernels block and round differently."""
+    fields = {}
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "stepping") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:  # the first processor's block is enough
+                    break
+    if "cpu family" not in fields:
+        return None
+    return f"family {fields['cpu family']} model {fields.get('model', '?')} stepping {fields.get('stepping', '?')}"
+
+
 def usable_cores() -> int | None:
     """Cores this process may run on (its affinity), which can be fewer than the machine has."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -60,6 +78,37 @@ def package_version(module: str) -> str | None:
         return __import__(module).__version__
     except ImportError:
         return None
+
+
+# The libraries a training run's numbers depend on: torch's kernels, and numpy, scipy and Pillow, which make the demo
+# and generic data (a changed rounding in one of them moves pixels, and then every weight trained on them).
+NUMERICS_PACKAGES = ("torch", "numpy", "scipy", "PIL", "monai")
+
+
+def numerics_record() -> dict[str, Any]:
+    """What decides whether fixed seeds retrain bit-identical weights here: the CPU (name, family/model/stepping, the
+    vector instructions torch uses), torch's threads and the versions of :data:`NUMERICS_PACKAGES`; a GPU's name
+    where the runs use one. Two machines with different records may still agree; two that agree are expected to."""
+    import torch
+
+    record: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cpu_id": cpu_id(),
+        "cpu_capability": cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        record["gpu"] = torch.cuda.get_device_name(0)
+    return record | {name: package_version(name) for name in NUMERICS_PACKAGES}
+
+
+def numerics_differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key: before there, now here`` for every entry of two :func:`numerics_record` results that differs."""
+    return [
+        f"{key}: {before.get(key)!r} there, {now.get(key)!r} here"
+        for key in dict.fromkeys([*before, *now])
+        if before.get(key) != now.get(key)
+    ]
 
 
 def git_commit(root: str | os.PathLike = ROOT) -> str | None:

@@ -23,7 +23,10 @@ Outputs in ``--out``: learning_curve_<task>.csv (one row per finished run, with 
 labelled sets and seeds, with the 95% interval of their mean), .json (settings and provenance, with every command run
 on the folder) and report.html (all results in one page).
 Started again with the same ``--out``, finished runs are not redone and a run killed half-way resumes from its last
-epoch; more sizes (up to the pool), seeds or methods can be added later. Sizes beyond the pool go to another
+epoch; more sizes (up to the pool), seeds or methods can be added later. The JSON holds one SHA-256 per generated site
+and per shared network, and what the numerics depend on (``numerics``: the CPU's generation and instructions, threads,
+the torch, numpy, scipy and Pillow versions); a command that would mix other images or networks into the finished
+runs is refused, naming what differs between the machines. Sizes beyond the pool go to another
 ``--out`` with the same settings and networks (its larger pool starts with this one's images, the test set is the
 same); ``--merge-from`` that folder puts its rows in this one's tables and plot and all of them in
 learning_curve_<task>_merged.csv, and refuses a folder on another test set or with other networks. ``--jobs N`` trains
@@ -227,12 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if todo and args.report_only:
         say(f"--report-only: the {len(todo)} runs not done yet are left out")
     elif todo:
+        exp.warn_other_numerics()
         needs_source = any(m in FROM_SOURCE for m, _, _ in todo)  # given or trained here: its hash is recorded
         needs_teacher = any(m not in WITHOUT_TEACHER for m, _, _ in todo)
         exp.make_data(
             teacher_site=(needs_teacher and args.teacher_ckpt is None)
             or (needs_source and args.source_student_ckpt is None)
         )
+        exp.same_data()
         teacher_ok = exp.teacher() if needs_teacher else True
         source_ok = exp.source_student() if needs_source else True
         generic_ok = {part: exp.generic(part) for part in {FROM_GENERIC[m] for m, _, _ in todo if m in FROM_GENERIC}}

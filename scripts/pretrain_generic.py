@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bundle.data.datalist import load_datalist, read_datalist_info, save_datalist  # noqa: E402
 from bundle.datasets.demo import GENERIC_CLASSES, generate_generic_data  # noqa: E402
 from bundle.files import file_sha256  # noqa: E402
-from bundle.provenance import device_name, git_commit, portable_path  # noqa: E402
+from bundle.provenance import device_name, git_commit, numerics_record, portable_path  # noqa: E402
 from scripts.learning_curves.experiment import config_list, run_bundle  # noqa: E402
 
 RECIPES = {  # network -> the configs it is trained with (the same as the local baselines that start from it)
@@ -130,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = pretrain(args, network, data, evaluation)
         record[network] = {**result, "settings": settings, "classes": GENERIC_CLASSES}
         record[network].update({"code_version": git_commit() or "unknown", "machine": device_name()})
+        record[network]["numerics"] = numerics_record()  # what a retraining must share to give the same weights
         record_path.write_text(json.dumps(record, indent=2) + "\n")
         print(
             f"generic_{network}: validation accuracy {result['validation_accuracy']:.3f} on {args.n_val} generic "

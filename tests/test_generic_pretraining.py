@@ -18,6 +18,7 @@ from bundle.datasets.demo import GENERIC_CLASSES
 from bundle.files import file_sha256
 from bundle.networks import MedTex, Student
 from bundle.networks.teacher import load_weights
+from bundle.provenance import numerics_record
 from scripts import learning_curve, pretrain_generic
 from scripts.learning_curves import experiment
 from tests.forked import ForkingSubprocess
@@ -44,6 +45,7 @@ def pretrained(tmp_path_factory) -> Path:
 def test_recorded_accuracy_is_the_student_called_directly_on_the_validation_images(pretrained):
     record = json.loads((pretrained / "models" / "generic_pretraining.json").read_text())
     assert set(record) == {"student", "teacher"}
+    assert record["student"]["numerics"] == record["teacher"]["numerics"] == numerics_record()  # what a rerun needs
     network = MedTex(Student(in_channels=3, out_channels=len(GENERIC_CLASSES)))
     network.load_state_dict(load_weights(pretrained / "models" / "generic_student.pt"))
     network.eval()

@@ -7,15 +7,18 @@ import csv
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from scipy import stats
 
-from bundle.files import file_sha256
-from bundle.provenance import device_name, git_commit
+from bundle.files import file_sha256, folder_sha256
+from bundle.provenance import device_name, git_commit, numerics_record
 from scripts import learning_curve  # a package module: a mutation run replaces scripts/
 from scripts.learning_curves import experiment, render
 from scripts.learning_curves.rows import COLUMNS, append_row
@@ -161,16 +164,47 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     code = learning_curve.main([*args, "--methods", *METHODS, "--seeds", "2", "--sizes", "8"])
     printed = capsys.readouterr().out
     assert code == 1 and "REFUSED" in printed and "not the teacher the runs" in printed
-    assert "They were made on" not in printed  # the same machine made the rows: nothing to say about it
+    assert "They were made" not in printed  # the same machine made the rows: nothing to say about it
+    assert "This machine's record is the same as theirs" in " ".join(printed.split())  # say() may wrap the line
     assert [(r["method"], r["seed"]) for r in read_rows(csv_path)[len(new) :]] == [("scratch", "2")]
-    # rows made on another kind of machine (the JSON's record before this command replaces it): the refusal names
-    # both, as retraining there cannot give the same weights
+    # the record of what retraining must share, for the folder and for each command that ran on it
     meta_path = out / "learning_curve_fundus.json"
-    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "device": "Other CPU, 2 cores, AVX512"}))
-    code = learning_curve.main([*args, "--methods", *METHODS, "--seeds", "3", "--sizes", "8"])
-    printed = " ".join(capsys.readouterr().out.split())  # say() may wrap the line
-    assert code == 1 and f"made on 'Other CPU, 2 cores, AVX512', this machine is {device_name()!r}" in printed
+    meta = json.loads(meta_path.read_text())
+    assert meta["numerics"] == numerics_record() and meta["numerics"]["numpy"] == np.__version__
+    assert all(entry["numerics"] == numerics_record() for entry in meta["commands"])
+
+    def refusal(meta: dict, seed: str) -> str:
+        """The output of a kd run (it needs the teacher, which is refused: nothing trains) on a folder whose JSON
+        says ``meta`` (the record before this command replaces it)."""
+        meta_path.write_text(json.dumps(meta))
+        assert learning_curve.main([*args, "--methods", "kd", "--seeds", seed, "--sizes", "8"]) == 1
+        return " ".join(capsys.readouterr().out.split())  # say() may wrap the line
+
+    # rows made with another numpy: the refusal, and a note before any run, name what differs
+    printed = refusal({**meta, "numerics": {**meta["numerics"], "numpy": "0.0"}}, "3")
+    assert f"made with numpy: '0.0' there, {np.__version__!r} here" in printed and "REFUSED" in printed
+    assert printed.index("NOTE: the finished runs") < printed.index("REFUSED")
+    # a folder from before the record, made on another kind of machine: the refusal names both machines
+    older = {k: v for k, v in meta.items() if k != "numerics"}
+    printed = refusal({**older, "device": "Other CPU, 2 cores, AVX512"}, "3")
+    assert f"made on 'Other CPU, 2 cores, AVX512', this machine is {device_name()!r}" in printed
+    assert "numerics" not in json.loads(meta_path.read_text())  # another machine's rows are not credited to this one
     assert json.loads(meta_path.read_text())["device"] == device_name()  # this command's machine, recorded
+    # ... and on a machine of the same name: what differs is not known, and the refusal says what can
+    printed = refusal({**older, "device": device_name()}, "3")
+    assert "predates that record" in printed and "another numpy, scipy or Pillow" in printed
+
+    # the images the rows were made on, one digest per generated site: a changed pixel refuses the command before any
+    # run (the test set would not be theirs), naming the folder
+    local = out / "data" / "fundus_local_B"
+    digests = json.loads(meta_path.read_text())["data_sha256"]
+    assert set(digests) == {"teacher_site", "local_site"} and digests["local_site"] == folder_sha256(local)
+    image = sorted((local / "images").glob("*.png"))[0]
+    pixels = np.asarray(Image.open(image)).copy()
+    pixels[0, 0] ^= 1
+    Image.fromarray(pixels).save(image)
+    with pytest.raises(SystemExit, match=f"REFUSED: the images in {re.escape(str(local))} .* not the local site's"):
+        learning_curve.main([*args, "--methods", *METHODS, "--seeds", "4", "--sizes", "8"])
 
     # the same folder with other settings would mix incomparable runs: refused before any work
     with pytest.raises(SystemExit, match="other settings.*epochs: 1 -> 2"):
@@ -344,21 +378,25 @@ def test_paired_table_for_own_methods_single_seeds_and_ties(tmp_path):
 
 def test_command_history_starts_from_a_folder_recorded_before_it():
     """A JSON from before the history (one command, its commit) keeps that command first; the same command at the
-    same commit again adds nothing, at another commit it is a new entry."""
+    same commit on the same machine again adds nothing, at another commit or on another machine it is a new entry."""
     from scripts.learning_curves.experiment import Experiment
 
+    here, there = {"numpy": "2.0"}, {"numpy": "1.0"}
     old = {"command": "python scripts/learning_curve.py --seeds 0", "git_commit": "abc", "updated": "t1"}
-    history = Experiment._commands(old, "python scripts/learning_curve.py --seeds 1", "def", "t2")
+    history = Experiment._commands(old, "python scripts/learning_curve.py --seeds 1", "def", "t2", here)
     assert history[0] == {
         "command": "python scripts/learning_curve.py --seeds 0",
         "git_commit": "abc",
         "last_updated": "t1",
     }
     assert history[1]["command"].endswith("--seeds 1") and history[1]["started"] == "t2" and len(history) == 2
+    assert history[1]["numerics"] == here
     again = {**old, "commands": history}
-    assert Experiment._commands(again, history[1]["command"], "def", "t3") == history
+    assert Experiment._commands(again, history[1]["command"], "def", "t3", here) == history
     moved = {**old, "commands": [*history[:1], {**history[1], "git_commit": "other"}]}
-    assert len(Experiment._commands(moved, history[1]["command"], "def", "t3")) == 3
+    assert len(Experiment._commands(moved, history[1]["command"], "def", "t3", here)) == 3
+    elsewhere = Experiment._commands(again, history[1]["command"], "def", "t3", there)
+    assert len(elsewhere) == 3 and elsewhere[-1]["numerics"] == there
 
 
 def test_merge_from_joins_a_larger_pool_on_the_same_test_set_and_refuses_any_other(tmp_path):
@@ -436,3 +474,23 @@ def test_merge_from_joins_a_larger_pool_on_the_same_test_set_and_refuses_any_oth
     assert "n = 64" not in (small / "learning_curve_fundus.md").read_text()
     assert not (small / "learning_curve_fundus_merged.csv").exists()
     assert "merged_from" not in json.loads((small / "learning_curve_fundus.json").read_text())
+
+
+def test_a_folder_digest_covers_every_file_and_its_name_but_not_its_datalists(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        (folder / "images").mkdir(parents=True)
+        (folder / "images" / "x.png").write_bytes(b"\x00\x01")
+        (folder / "images" / "y.png").write_bytes(b"\x02")
+        (folder / "datalist.json").write_text(json.dumps({"training": [{"image": str(folder / "images" / "x.png")}]}))
+    assert folder_sha256(a) == folder_sha256(b)  # the same files elsewhere: datalists naming the folder left out
+    (b / "datalist_n8_seed0.json").write_text("{}")
+    assert folder_sha256(a) == folder_sha256(b)  # a labelled subset written later changes nothing
+    (b / "images" / "y.png").rename(b / "images" / "z.png")
+    assert folder_sha256(a) != folder_sha256(b)  # the same bytes under another name
+    (b / "images" / "z.png").rename(b / "images" / "y.png")
+    (b / "images" / "y.png").write_bytes(b"\x03")
+    assert folder_sha256(a) != folder_sha256(b)
+    (b / "images" / "y.png").write_bytes(b"\x02")
+    (b / "images" / "w.png").write_bytes(b"")
+    assert folder_sha256(a) != folder_sha256(b)  # one file more, even an empty one

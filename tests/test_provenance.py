@@ -7,9 +7,23 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import PIL
+import scipy
 import torch
 
-from bundle.provenance import ROOT, command_line, cpu_name, device_name, git_commit, machine_info, portable_path
+from bundle.provenance import (
+    ROOT,
+    command_line,
+    cpu_id,
+    cpu_name,
+    device_name,
+    git_commit,
+    machine_info,
+    numerics_differences,
+    numerics_record,
+    portable_path,
+)
 from scripts import benchmark
 from scripts.benchmarking.settings import make_settings
 
@@ -52,6 +66,30 @@ def test_a_cpu_is_named_with_the_vector_instructions_torch_uses_on_it(monkeypatc
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert device_name() == f"{cpu_name()}, {os.cpu_count()} cores, AVX512"
     assert machine_info(torch.device("cpu"))["cpu_capability"] == "AVX512"
+
+
+def test_the_numerics_record_names_the_cpu_generation_threads_and_the_data_libraries(monkeypatch):
+    # two "AMD EPYC, 2 cores, AVX2" machines trained different weights from one seed: the record says more than that
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    record = numerics_record()
+    assert record["cpu"] == cpu_name() and record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["torch_threads"] == torch.get_num_threads() and "gpu" not in record
+    assert (record["torch"], record["numpy"]) == (torch.__version__, np.__version__)
+    assert (record["scipy"], record["PIL"]) == (scipy.__version__, PIL.__version__)
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    family = re.search(r"^cpu family\s*:\s*(\d+)", text, re.M)
+    if family:  # an x86 Linux machine: the first processor's family, model and stepping
+        model = re.search(r"^model\s*:\s*(\d+)", text, re.M)
+        stepping = re.search(r"^stepping\s*:\s*(\d+)", text, re.M)
+        assert cpu_id() == record["cpu_id"] == f"family {family[1]} model {model[1]} stepping {stepping[1]}"
+    else:
+        assert cpu_id() is None
+    assert numerics_differences(record, dict(record)) == []
+    assert numerics_differences({"numpy": "1.0", "cpu": "A"}, {"numpy": "2.0", "cpu": "A", "gpu": "H100"}) == [
+        "numpy: '1.0' there, '2.0' here",
+        "gpu: None there, 'H100' here",
+    ]
 
 
 def test_git_commit_is_the_checked_out_one_marked_when_dirty(tmp_path):

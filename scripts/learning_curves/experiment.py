@@ -19,8 +19,16 @@ from typing import Any
 from bundle.data.datalist import ITEM_LIST_KEYS, load_datalist, read_datalist_info, save_datalist  # noqa: E402
 from bundle.data.splits import select_labeled  # noqa: E402
 from bundle.datasets.demo import generate_demo_data  # noqa: E402
-from bundle.files import file_sha256  # noqa: E402
-from bundle.provenance import command_line, device_name, git_commit, package_version, portable_path
+from bundle.files import file_sha256, folder_sha256  # noqa: E402
+from bundle.provenance import (
+    command_line,
+    device_name,
+    git_commit,
+    numerics_differences,
+    numerics_record,
+    package_version,
+    portable_path,
+)
 
 from .methods import DATASET_CONFIGS, FROM_GENERIC, FROM_SOURCE, MEDTEX, ROOT, TEACHER, available_methods, task_channels
 from .rows import read_rows
@@ -65,6 +73,9 @@ class Experiment:
         # the record of the finished runs in --out, read once, before this command's record replaces it
         finished: dict[str, Any] = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
         self.made_on = finished.get("device")  # the machine the finished runs were made on
+        # what their numerics depend on (CPU generation, threads, library versions); None in folders from before it
+        self.made_with: dict[str, Any] | None = finished.get("numerics")
+        self.numerics = numerics_record()
         self.pool = self._check_settings(finished)
         self.teacher_ckpt = args.teacher_ckpt.resolve() if args.teacher_ckpt else self.work["models"] / "teacher.pt"
         self.source_ckpt = (
@@ -145,6 +156,9 @@ class Experiment:
             meta |= {"reported": now, "report_command": command} | ({"merged_from": merged} if merged else {})
             self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
             return
+        # the record of the machine that started the folder and its shared networks (each command's is in "commands");
+        # none for a folder from before the record: another machine's rows must not be credited to this one
+        made_with = previous.get("numerics") if previous else self.numerics
         meta = {
             "created": previous.get("created", now),
             "updated": now,
@@ -160,27 +174,32 @@ class Experiment:
             "settings": {**self.settings(), "pool": self.pool},
             "teacher_ckpt": portable_path(self.teacher_ckpt),
             "weights_sha256": previous.get("weights_sha256", {}),  # shared networks the rows were made with
+            "data_sha256": previous.get("data_sha256", {}),  # the generated images they were made on
+            **({"numerics": made_with} if made_with else {}),
             "csv": self.csv_path.name,
-            "commands": self._commands(previous, command, self.code_version, now),
+            "commands": self._commands(previous, command, self.code_version, now, self.numerics),
             **({"merged_from": merged} if merged else {}),
         }
         self.out.mkdir(parents=True, exist_ok=True)
         self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
     @staticmethod
-    def _commands(previous: dict[str, Any], command: str, commit: str, now: str) -> list[dict[str, str]]:
+    def _commands(
+        previous: dict[str, Any], command: str, commit: str, now: str, numerics: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         """Every command run on this folder, oldest first, with the commit it ran at: ``command`` and
         ``git_commit`` above name only the latest, and a curve grown by several commands (more seeds, methods) is
-        reproduced by running them all. A folder from before this list starts it with the one command it recorded (when
-        that command last wrote, not when it started)."""
+        reproduced by running them all, each with the ``numerics`` of the machine it ran on (``numerics_record``). A
+        folder from before this list starts it with the one command it recorded (when that command last wrote, not when
+        it started)."""
         history = list(previous.get("commands", []))
         if not history and previous.get("command"):
             history.append(
                 {k: previous[k] for k in ("command", "git_commit") if k in previous}
                 | {"last_updated": previous.get("updated", "")}
             )
-        latest = {"command": command, "git_commit": commit, "started": now}
-        rerun = history and all(history[-1].get(k) == latest[k] for k in ("command", "git_commit"))
+        latest = {"command": command, "git_commit": commit, "started": now, "numerics": numerics}
+        rerun = history and all(history[-1].get(k) == latest[k] for k in ("command", "git_commit", "numerics"))
         if not rerun:  # (each command writes this file when it starts and when it ends)
             history.append(latest)
         return history
@@ -311,6 +330,29 @@ class Experiment:
                 progress=True,
             )
 
+    def same_data(self) -> None:
+        """Record one SHA-256 per generated site (``teacher_site``, ``local_site``: images and masks), or refuse the
+        command when the finished runs were made on other images: their test set is not this one, and no row trained
+        here could join theirs. numpy and scipy make the demo data, and their rounding can move between versions and
+        CPUs. A folder whose runs predate the record gets none (these images need not be theirs)."""
+        meta = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        recorded = meta.setdefault("data_sha256", {})
+        rows = read_rows(self.csv_path)
+        for name, folder in (("teacher_site", self.teacher_data), ("local_site", self.local_data)):
+            if not (folder / "datalist.json").is_file():  # not made: a given teacher needs no teacher site
+                continue
+            digest = folder_sha256(folder)
+            if name in recorded and recorded[name] != digest and rows:
+                raise SystemExit(
+                    f"REFUSED: the images in {folder} (SHA-256 {digest[:12]}) are not the {name.replace('_', ' ')}'s "
+                    f"the runs in {self.csv_path} were made on ({recorded[name][:12]}).{self.other_machine()} Use "
+                    "another --out."
+                )
+            if name in recorded or not rows or self.made_with is not None:
+                recorded[name] = digest
+        if recorded:
+            self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+
     def datalist(self, size: int, seed: int) -> Path:
         """The local datalist with a seeded, stratified labelled subset of ``size`` images (the rest unlabelled)."""
         path = self.local_data / f"datalist_n{size}_seed{seed}.json"
@@ -335,13 +377,7 @@ class Experiment:
         recorded = meta.setdefault("weights_sha256", {}).get(name)
         if recorded is not None and recorded != digest and read_rows(self.csv_path):
             self.failures.append(f"{name}: {ckpt} differs from the one the finished runs used")
-            here = device_name()
-            machine = (
-                f" They were made on {self.made_on!r}, this machine is {here!r}: fixed seeds retrain the same weights"
-                " only on the same CPU model and vector instructions (or the same GPU)."
-                if self.made_on and self.made_on != here
-                else ""
-            )
+            machine = self.other_machine()
             say(
                 f"REFUSED: {ckpt} (SHA-256 {digest[:12]}) is not the {name} the runs in {self.csv_path} were made "
                 f"with ({recorded[:12]}); their rows would mix two {name}s.{machine} Use another --out, or give the "
@@ -351,6 +387,42 @@ class Experiment:
         meta["weights_sha256"][name] = digest
         self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
         return True
+
+    def other_machine(self) -> str:
+        """Why retraining here may not give the finished runs' weights, for a refusal: what differs between the record
+        of the machine that made them and this one's, or that their folder predates the record."""
+        if self.made_with is not None:
+            differ = numerics_differences(self.made_with, self.numerics)
+            if not differ:
+                return " This machine's record is the same as theirs (CPU, threads, library versions)."
+            return (
+                f" They were made with {'; '.join(differ)}: fixed seeds retrain the same weights only where the CPU"
+                " generation, vector instructions, threads and these libraries are the same (or the same GPU)."
+            )
+        here = device_name()
+        if self.made_on and self.made_on != here:
+            return (
+                f" They were made on {self.made_on!r}, this machine is {here!r}: fixed seeds retrain the same weights"
+                " only on the same CPU model and vector instructions (or the same GPU)."
+            )
+        return (
+            " Their folder records no CPU generation or library versions (it predates that record), so what differs is"
+            " not known: a CPU of another generation under the same name, or another numpy, scipy or Pillow, can"
+            " train other weights."
+        )
+
+    def warn_other_numerics(self) -> None:
+        """Say, before any training, where this machine's record differs from that of the finished runs: the runs of
+        methods with a shared network are checked by its SHA-256, the others (``scratch``) cannot be."""
+        if self.made_with is None or not read_rows(self.csv_path):
+            return
+        differ = numerics_differences(self.made_with, self.numerics)
+        if differ:
+            say(
+                f"NOTE: the finished runs in {self.csv_path} were made with {'; '.join(differ)}. A shared network"
+                " retrained here is refused if its weights differ; runs of methods without one (scratch) cannot be"
+                " checked that way: rerun one finished run in another --out and compare its AUC first."
+            )
 
     def train_once(self, name: str, configs: str, ckpt: Path, *overrides: str) -> bool:
         """Train a shared network (teacher, source student) on the teacher's data unless it is already there; whether
