@@ -24,9 +24,8 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def folder_sha256(folder: str | os.PathLike, skip_suffixes: tuple[str, ...] = (".json",)) -> str:
     """One hex SHA-256 over the files under ``folder``: each one's path relative to it and its bytes, in sorted order.
-    Files ending in ``skip_suffixes`` are left out (by default datalists, which name the folder's absolute path and
-    are added to as an experiment grows). Two generated data sets have the same digest when their files agree byte
-    for byte."""
+    Files ending in ``skip_suffixes`` are left out (by default datalists: an experiment adds its labelled subsets to
+    the folder as it grows). Two generated data sets have the same digest when their files agree byte for byte."""
     root = Path(folder)
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(skip_suffixes)):

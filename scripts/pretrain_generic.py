@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bundle.data.datalist import load_datalist, read_datalist_info, save_datalist  # noqa: E402
 from bundle.datasets.demo import GENERIC_CLASSES, generate_generic_data  # noqa: E402
 from bundle.files import file_sha256  # noqa: E402
+from bundle.networks import weights_sha256  # noqa: E402
 from bundle.provenance import device_name, git_commit, numerics_record, portable_path  # noqa: E402
 from scripts.learning_curves.experiment import config_list, run_bundle  # noqa: E402
 
@@ -112,7 +113,8 @@ def pretrain(args: argparse.Namespace, network: str, data: Path, evaluation: Pat
         metrics = {row[0]: row[1] for row in csv.reader(f) if len(row) >= 2}
     return {
         "checkpoint": portable_path(ckpt),
-        "sha256": file_sha256(ckpt),
+        "sha256": file_sha256(ckpt),  # this file's
+        "weights_sha256": weights_sha256(ckpt),  # its weights': the same for the same weights saved again
         "validation_accuracy": round(float(metrics["accuracy"]), 4),
         "validation_auc": round(float(metrics["test_auc"]), 4),
         "train_seconds": json.loads(done.read_text())["seconds"],

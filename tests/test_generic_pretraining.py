@@ -17,7 +17,7 @@ from bundle.data.datalist import load_datalist
 from bundle.datasets.demo import GENERIC_CLASSES
 from bundle.files import file_sha256
 from bundle.networks import MedTex, Student
-from bundle.networks.teacher import load_weights
+from bundle.networks.teacher import load_weights, weights_sha256
 from bundle.provenance import numerics_record
 from scripts import learning_curve, pretrain_generic
 from scripts.learning_curves import experiment
@@ -62,6 +62,7 @@ def test_recorded_accuracy_is_the_student_called_directly_on_the_validation_imag
     assert record["student"]["validation_accuracy"] == pytest.approx(accuracy, abs=1e-4)
     for part in ("student", "teacher"):
         assert record[part]["sha256"] == file_sha256(pretrained / "models" / f"generic_{part}.pt")
+        assert record[part]["weights_sha256"] == weights_sha256(pretrained / "models" / f"generic_{part}.pt")
         assert record[part]["settings"]["n_train"] == 30 and record[part]["classes"] == GENERIC_CLASSES
 
 
@@ -80,7 +81,7 @@ def test_learning_curve_fine_tunes_the_given_generic_weights_and_records_them(pr
     args += ["--epochs", "1", "--out", str(out), "--generic-student-ckpt", str(student), *TINY]
     assert learning_curve.main([*args, "--methods", "transfer_generic_student"]) == 0
     meta = json.loads((out / "learning_curve_fundus.json").read_text())
-    assert meta["weights_sha256"]["generic_student"] == file_sha256(student)
+    assert meta["networks_sha256"]["generic_student"] == weights_sha256(student)
     log = (out / "logs" / "fundus" / "transfer_generic_student" / "n8_seed0.log").read_text()
     assert f"--init_ckpt {student}" in log and "weights left random (class_layers\\.out\\.)" in log
     assert not (out / "data" / "fundus_teacher_A").exists()  # no teacher, no teacher's data

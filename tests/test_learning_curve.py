@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy import stats
 
 from bundle.files import file_sha256, folder_sha256
+from bundle.networks import load_weights, weights_sha256
 from bundle.provenance import device_name, git_commit, numerics_record
 from scripts import learning_curve  # a package module: a mutation run replaces scripts/
 from scripts.learning_curves import experiment, render
@@ -158,17 +160,27 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     # a teacher other than the one the rows were made with (given, or retrained differently in a fresh folder that
     # holds only the CSV and JSON) is refused: the runs that need it are skipped, the others go on
     teacher = out / "models" / "fundus" / "teacher.pt"
-    recorded = json.loads((out / "learning_curve_fundus.json").read_text())["weights_sha256"]
-    assert recorded == {"teacher": file_sha256(teacher), "source_student": file_sha256(source)}  # given, then used
-    teacher.write_bytes(teacher.read_bytes() + b"retrained differently")
+    meta_path = out / "learning_curve_fundus.json"
+    recorded = json.loads(meta_path.read_text())["networks_sha256"]
+    # given, then used; a file torch cannot read as weights (the test's stand-in source student) by the file's hash
+    assert recorded == {"teacher": weights_sha256(teacher), "source_student": "file:" + file_sha256(source)}
+    # the digest is of the weights, not of the file: the same tensors saved again are another file, and are accepted
+    state, saved_file = load_weights(teacher), file_sha256(teacher)
+    torch.save(state, teacher)
+    assert file_sha256(teacher) != saved_file  # torch.save: another serialization id
+    exp = experiment.Experiment(learning_curve.parse_args(args))
+    assert exp.same_weights("teacher", teacher) and not exp.failures
+    # one weight moved is another teacher
+    name = next(key for key, value in state.items() if value.is_floating_point())
+    state[name] = state[name] + 1e-3
+    torch.save(state, teacher)
     code = learning_curve.main([*args, "--methods", *METHODS, "--seeds", "2", "--sizes", "8"])
     printed = capsys.readouterr().out
-    assert code == 1 and "REFUSED" in printed and "not the teacher the runs" in printed
+    assert code == 1 and "REFUSED" in printed and "not the teacher's the runs" in " ".join(printed.split())
     assert "They were made" not in printed  # the same machine made the rows: nothing to say about it
     assert "This machine's record is the same as theirs" in " ".join(printed.split())  # say() may wrap the line
     assert [(r["method"], r["seed"]) for r in read_rows(csv_path)[len(new) :]] == [("scratch", "2")]
     # the record of what retraining must share, for the folder and for each command that ran on it
-    meta_path = out / "learning_curve_fundus.json"
     meta = json.loads(meta_path.read_text())
     assert meta["numerics"] == numerics_record() and meta["numerics"]["numpy"] == np.__version__
     assert all(entry["numerics"] == numerics_record() for entry in meta["commands"])
@@ -193,6 +205,13 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     # ... and on a machine of the same name: what differs is not known, and the refusal says what can
     printed = refusal({**older, "device": device_name()}, "3")
     assert "predates that record" in printed and "another numpy, scipy or Pillow" in printed
+    # a folder from before 0.16.14 recorded the teacher file's hash: that very file is accepted, any other refused with
+    # the check that can tell (a finished run given it)
+    legacy = {k: v for k, v in older.items() if k != "networks_sha256"}
+    meta_path.write_text(json.dumps({**legacy, "weights_sha256": {"teacher": file_sha256(teacher)}}))
+    assert experiment.Experiment(learning_curve.parse_args(args)).same_weights("teacher", teacher)
+    printed = refusal({**legacy, "weights_sha256": {"teacher": "ab" * 32}}, "3")
+    assert "a file's hash changes on every save" in printed and "delete weights_sha256.teacher from" in printed
 
     # the images the rows were made on, one digest per generated site: a changed pixel refuses the command before any
     # run (the test set would not be theirs), naming the folder
@@ -409,7 +428,7 @@ def test_merge_from_joins_a_larger_pool_on_the_same_test_set_and_refuses_any_oth
         folder.mkdir(parents=True, exist_ok=True)
         exp = experiment.Experiment(learning_curve.parse_args(arguments(folder)))
         settings = {**exp.settings(), "pool": pool, **changed}
-        meta = {"settings": settings, "weights_sha256": {"teacher": "ab" * 32}, "commands": [{"command": str(pool)}]}
+        meta = {"settings": settings, "networks_sha256": {"teacher": "ab" * 32}, "commands": [{"command": str(pool)}]}
         (folder / "learning_curve_fundus.json").write_text(json.dumps(meta))
         for method, n, seed, auc in rows:
             append_row(
@@ -461,7 +480,7 @@ def test_merge_from_joins_a_larger_pool_on_the_same_test_set_and_refuses_any_oth
         if "SHA" in message:
             meta_path = other / "learning_curve_fundus.json"
             meta_path.write_text(
-                json.dumps({**json.loads(meta_path.read_text()), "weights_sha256": {"teacher": "cd" * 32}})
+                json.dumps({**json.loads(meta_path.read_text()), "networks_sha256": {"teacher": "cd" * 32}})
             )
         with pytest.raises(SystemExit, match=message):
             learning_curve.main([*training, "--merge-from", str(other)])
@@ -483,7 +502,7 @@ def test_a_folder_digest_covers_every_file_and_its_name_but_not_its_datalists(tm
         (folder / "images" / "x.png").write_bytes(b"\x00\x01")
         (folder / "images" / "y.png").write_bytes(b"\x02")
         (folder / "datalist.json").write_text(json.dumps({"training": [{"image": str(folder / "images" / "x.png")}]}))
-    assert folder_sha256(a) == folder_sha256(b)  # the same files elsewhere: datalists naming the folder left out
+    assert folder_sha256(a) == folder_sha256(b)  # the same files elsewhere, datalists left out
     (b / "datalist_n8_seed0.json").write_text("{}")
     assert folder_sha256(a) == folder_sha256(b)  # a labelled subset written later changes nothing
     (b / "images" / "y.png").rename(b / "images" / "z.png")

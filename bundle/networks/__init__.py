@@ -4,7 +4,7 @@ from bundle.networks.explainer import Explainer, default_scale
 from bundle.networks.features import FeatureRecorder, feature_channels
 from bundle.networks.medtex import ExplainingMedTex, MedTex
 from bundle.networks.student import ResNetStudent, Student
-from bundle.networks.teacher import FrozenTeacher, load_weights
+from bundle.networks.teacher import FrozenTeacher, load_weights, weights_sha256
 
 __all__ = [
     "Explainer",
@@ -17,4 +17,5 @@ __all__ = [
     "ResNetStudent",
     "Student",
     "load_weights",
+    "weights_sha256",
 ]

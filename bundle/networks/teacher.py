@@ -82,6 +82,18 @@ def load_weights(path: str | os.PathLike, weights_key: Optional[str] = None) -> 
     return state
 
 
+def weights_sha256(path: str | os.PathLike, weights_key: Optional[str] = None) -> str:
+    """Hex SHA-256 of a checkpoint's weights (:func:`load_weights`): every tensor's name, dtype, shape and values, in
+    name order. The file's own hash cannot tell two trainings apart: ``torch.save`` writes a fresh serialization id and
+    the name of the file it wrote (here a temporary's) into the archive, so the same weights saved twice differ."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_weights(path, weights_key).items()):
+        values = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{values.dtype}\0{tuple(values.shape)}\0".encode())
+        digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def teacher_state(
     path: str | os.PathLike, weights_key: Optional[str] = None, key_map: KeyMap = ()
 ) -> dict[str, torch.Tensor]:

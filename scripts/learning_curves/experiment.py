@@ -20,6 +20,7 @@ from bundle.data.datalist import ITEM_LIST_KEYS, load_datalist, read_datalist_in
 from bundle.data.splits import select_labeled  # noqa: E402
 from bundle.datasets.demo import generate_demo_data  # noqa: E402
 from bundle.files import file_sha256, folder_sha256  # noqa: E402
+from bundle.networks import weights_sha256  # noqa: E402
 from bundle.provenance import (
     command_line,
     device_name,
@@ -50,6 +51,16 @@ FIXED = (
     "source_student_ckpt",
     "overrides",
 )
+
+
+def network_sha256(ckpt: Path) -> str:
+    """The digest a shared network is recorded by: of its weights where the file is a state dict or checkpoint
+    (:func:`bundle.networks.weights_sha256`), else (a TorchScript or ONNX teacher, given as one file) of the file,
+    marked ``file:``."""
+    try:
+        return weights_sha256(ckpt)
+    except Exception:  # torch.load fails in many ways on a file that is not a pickled state dict
+        return "file:" + file_sha256(ckpt)
 
 
 class Experiment:
@@ -173,7 +184,10 @@ class Experiment:
             "monai": package_version("monai"),
             "settings": {**self.settings(), "pool": self.pool},
             "teacher_ckpt": portable_path(self.teacher_ckpt),
-            "weights_sha256": previous.get("weights_sha256", {}),  # shared networks the rows were made with
+            "networks_sha256": previous.get("networks_sha256", {}),  # the shared networks' weights the rows used
+            **(
+                {"weights_sha256": previous["weights_sha256"]} if "weights_sha256" in previous else {}
+            ),  # files, <0.16.14
             "data_sha256": previous.get("data_sha256", {}),  # the generated images they were made on
             **({"numerics": made_with} if made_with else {}),
             "csv": self.csv_path.name,
@@ -218,7 +232,6 @@ class Experiment:
         teacher = next((r for r in rows if r["method"] == TEACHER), None)  # kept once, from the first that has it
         settings = self.settings()
         previous = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
-        weights = previous.get("weights_sha256", {})
         merged: list[dict[str, str]] = []
         provenance: list[dict[str, Any]] = []
         for folder in folders:
@@ -236,11 +249,13 @@ class Experiment:
                 for k in FIXED
                 if k not in ("teacher_ckpt", "source_student_ckpt") and theirs.get(k) != settings[k]
             ]
-            differ += [
-                f"{name} weights: SHA-256 {digest[:12]} there, {weights[name][:12]} here"
-                for name, digest in meta.get("weights_sha256", {}).items()
-                if name in weights and weights[name] != digest
-            ]
+            for key, what in (("networks_sha256", "weights"), ("weights_sha256", "file")):  # files: before 0.16.14
+                ours = previous.get(key, {})
+                differ += [
+                    f"{name} {what}: SHA-256 {digest[:12]} there, {ours[name][:12]} here"
+                    for name, digest in meta.get(key, {}).items()
+                    if name in ours and ours[name] != digest
+                ]
             their_rows = read_rows(csv_path)
             both = sorted(own_sizes & {r["n_labeled"] for r in their_rows if r["method"] != TEACHER}, key=int)
             differ += [f"n = {', '.join(both)} in both"] if both else []
@@ -261,7 +276,7 @@ class Experiment:
                     "pool": theirs.get("pool"),
                     "sizes": sorted({int(r["n_labeled"]) for r in keep if r["method"] != TEACHER}),
                     "rows": len(keep),
-                    "weights_sha256": meta.get("weights_sha256", {}),
+                    **{key: meta[key] for key in ("networks_sha256", "weights_sha256") if key in meta},
                     **{key: meta.get(key) for key in ("host", "device", "platform", "torch", "monai")},  # its machine
                     "commands": meta.get("commands", []),
                 }
@@ -367,24 +382,38 @@ class Experiment:
     # --- shared checkpoints ---------------------------------------------------------------------------------------
 
     def same_weights(self, name: str, ckpt: Path) -> bool:
-        """Record the SHA-256 of the shared network ``name`` (teacher, source student) in the metadata, or, when the
+        """Record the SHA-256 of the shared network ``name``'s weights (teacher, source student, generic networks;
+        ``networks_sha256``, of the tensors: :func:`bundle.networks.weights_sha256`) in the metadata, or, when the
         finished runs were made with other weights (a teacher given or trained again differently), refuse them:
         ``False``, and the runs that need it are skipped. Retraining is deterministic on one kind of machine (fixed
-        seeds; the same CPU and vector instructions), so an experiment continued there in a fresh ``--out`` that holds
-        only the CSV and JSON keeps its runs; on another kind the refusal names both machines."""
-        digest = file_sha256(ckpt)
+        seeds; the same CPU, threads and libraries), so an experiment continued there in a fresh ``--out`` that holds
+        only the CSV and JSON keeps its runs; elsewhere the refusal names what differs. A folder from before 0.16.14
+        recorded the checkpoint file's hash (``weights_sha256``), which differs on every save: a retrained network
+        that is not that very file is refused, saying how to check it."""
+        digest = network_sha256(ckpt)
         meta = json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
-        recorded = meta.setdefault("weights_sha256", {}).get(name)
-        if recorded is not None and recorded != digest and read_rows(self.csv_path):
+        recorded = meta.setdefault("networks_sha256", {}).get(name)
+        file_record = meta.get("weights_sha256", {}).get(name)  # before 0.16.14: the file's hash
+        rows = read_rows(self.csv_path)
+        if recorded is not None and recorded != digest and rows:
             self.failures.append(f"{name}: {ckpt} differs from the one the finished runs used")
-            machine = self.other_machine()
             say(
-                f"REFUSED: {ckpt} (SHA-256 {digest[:12]}) is not the {name} the runs in {self.csv_path} were made "
-                f"with ({recorded[:12]}); their rows would mix two {name}s.{machine} Use another --out, or give the "
-                f"{name} they were made with."
+                f"REFUSED: the weights in {ckpt} (SHA-256 {digest[:12]}) are not the {name}'s the runs in "
+                f"{self.csv_path} were made with ({recorded[:12]}); their rows would mix two {name}s."
+                f"{self.other_machine()} Use another --out, or give the {name} they were made with."
             )
             return False
-        meta["weights_sha256"][name] = digest
+        if recorded is None and file_record is not None and file_record != file_sha256(ckpt) and rows:
+            self.failures.append(f"{name}: {ckpt} is not the file the finished runs recorded")
+            say(
+                f"REFUSED: {ckpt} is not the {name} file whose hash the runs in {self.csv_path} recorded "
+                f"({file_record[:12]}), and a file's hash changes on every save, so whether its weights are theirs is "
+                f"not known.{self.other_machine()} To check: give it to one finished run that uses it in another --out "
+                f"(the same command with --seeds and --methods of that run); if its row agrees to the last digit, "
+                f"delete weights_sha256.{name} from {self.meta_path} and start this command again."
+            )
+            return False
+        meta["networks_sha256"][name] = digest
         self.meta_path.write_text(json.dumps(meta, indent=2) + "\n")
         return True
 
