@@ -185,9 +185,7 @@ class Experiment:
             "settings": {**self.settings(), "pool": self.pool},
             "teacher_ckpt": portable_path(self.teacher_ckpt),
             "networks_sha256": previous.get("networks_sha256", {}),  # the shared networks' weights the rows used
-            **(
-                {"weights_sha256": previous["weights_sha256"]} if "weights_sha256" in previous else {}
-            ),  # files, <0.16.14
+            **{key: previous[key] for key in ("weights_sha256",) if key in previous},  # files' hashes, before 0.16.14
             "data_sha256": previous.get("data_sha256", {}),  # the generated images they were made on
             **({"numerics": made_with} if made_with else {}),
             "csv": self.csv_path.name,
