@@ -113,6 +113,12 @@ def test_learning_curve_end_to_end(tmp_path, monkeypatch, capsys):
     reported = json.loads((out / "learning_curve_fundus.json").read_text())
     assert {k: reported[k] for k in trained_by} == trained_by  # the training machine's record survives a re-report
     assert "--report-only" in reported["report_command"] and trained_by["device"]
+    # ... also where the networks the command names are not (the tables remade on another machine); a training
+    # command is refused before any work
+    gone = ["--source-student-ckpt", str(source), "--generic-student-ckpt", str(tmp_path / "gone.pt")]
+    assert learning_curve.main([*arguments(out, *gone), "--methods", *METHODS, "--report-only"]) == 0
+    with pytest.raises(SystemExit):
+        learning_curve.parse_args([*arguments(out, *gone), "--methods", *METHODS])
     assert read_rows(csv_path) == rows and (out / "learning_curve_fundus.md").is_file()
 
     # extended by a method whose runs crash and a seed whose runs succeed (bundle commands simulated, for time):
