@@ -41,7 +41,7 @@ def cpu_capability() -> str:
 
 def cpu_id() -> str | None:
     """An x86 CPU's family, model and stepping from /proc/cpuinfo (None elsewhere): a virtual machine's model name can
-    be a bare "AMD EPYC" for CPUs of several generations, whose kernels block and round differently."""
+    be a bare "AMD EPYC", which names CPUs of several generations."""
     fields = {}
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:

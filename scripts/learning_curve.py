@@ -24,13 +24,13 @@ labelled sets and seeds, with the 95% interval of their mean), .json (settings a
 on the folder) and report.html (all results in one page).
 Started again with the same ``--out``, finished runs are not redone and a run killed half-way resumes from its last
 epoch; more sizes (up to the pool), seeds or methods can be added later. The JSON holds one SHA-256 per generated site
-and per shared network, and what the numerics depend on (``numerics``: the CPU's generation and instructions, threads,
-the torch, numpy, scipy and Pillow versions); a command that would mix other images or networks into the finished
-runs is refused, naming what differs between the machines. Sizes beyond the pool go to another
-``--out`` with the same settings and networks (its larger pool starts with this one's images, the test set is the
-same); ``--merge-from`` that folder puts its rows in this one's tables and plot and all of them in
-learning_curve_<task>_merged.csv, and refuses a folder on another test set or with other networks. ``--jobs N`` trains
-N runs side by side (for a GPU or many cores; on 2 CPU cores one at a time is fastest).
+and one of each shared network's weights, and what the numerics depend on (``numerics``: the CPU's generation and
+instructions, threads, the torch, numpy, scipy, Pillow and MONAI versions); a command that would mix other images or
+networks into the finished runs is refused, naming what differs between the machines. Sizes beyond the pool go to
+another ``--out`` with the same settings and networks (its larger pool starts with this one's images, the test set is
+the same); ``--merge-from`` that folder puts its rows in this one's tables and plot and all of them in
+learning_curve_<task>_merged.csv, and refuses a folder on another test set or with other networks. ``--jobs N`` trains N
+runs side by side (for a GPU or many cores; on 2 CPU cores one at a time is fastest).
 
 The parts live in ``scripts/learning_curves/``: ``experiment`` (data, training and evaluation runs), ``rows`` (the CSV)
 and ``render`` (tables and plot from the CSV alone; ``--report-only`` runs nothing else).
