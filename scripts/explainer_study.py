@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import yaml
 from monai.bundle import ConfigParser
 from monai.utils import convert_to_tensor, set_determinism
 from tqdm import tqdm
@@ -168,6 +169,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, help="tables and pictures (default <out>/results)")
     parser.add_argument("--n-grid", type=int, default=4, help="test images with a lesion in the picture (4)")
     parser.add_argument(
+        "--override",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a configs/train.yaml key for every MED-TEX run and for scoring (repeatable), e.g. --override cache disk"
+        " --override cache_dir DIR: a disk cache shares evidence_occlusion's maps between seeds (learning_curve.py's"
+        " --override; part of the folder's settings)",
+    )
+    parser.add_argument(
         "--grid-variants",
         nargs="+",
         type=variant_name,
@@ -188,6 +199,8 @@ def curve_argv(args: argparse.Namespace, methods: dict[str, list[str]], seeds: S
     argv = ["--task", args.task, "--sizes", str(args.n_labeled), "--seeds", *map(str, seeds), "--epochs"]
     argv += [str(args.epochs), "--image-size", str(args.image_size), "--out", str(args.out), "--methods", "teacher"]
     argv += [DEFAULT] if DEFAULT in methods else []
+    for key, value in args.override:
+        argv += ["--override", key, value]
     for name, files in methods.items():
         if name != DEFAULT:
             argv += ["--method-config", name, ",".join(str(ROOT / f) for f in files)]
@@ -259,6 +272,9 @@ def run_config(args: argparse.Namespace, files: Sequence[str]) -> ConfigParser:
         {"bundle_root": str(ROOT), "lesion_masks": True, "dataset_dir": str(local), "image_size": args.image_size}
     )
     parser.update({"teacher_ckpt": str(teacher), "device": "$torch.device('cpu')"})
+    # as the bundle's command line reads a value (a number, true/false, a list), so that scoring builds the networks
+    # the runs trained
+    parser.update({key: yaml.safe_load(value) for key, value in args.override})
     return parser
 
 
