@@ -4,7 +4,9 @@ r"""Which explainer objective localises lesions on every seed, and do its maps p
         [--variants medtex explainer_deletion ...] [--epochs 15] [--image-size 64] [--results DIR]
 
 One command per task and image size. It trains what is missing (``scripts/learning_curve.py`` in ``--out``, at one
-labelled-set size, ``--n-labeled``; resumable: finished runs are kept), then reads every run back:
+labelled-set size, ``--n-labeled``; resumable: finished runs are kept; ``--override KEY VALUE`` sets a
+configs/train.yaml key for every run and for scoring, e.g. ``cache disk`` so that the seeds share
+``evidence_occlusion``'s maps), then reads every run back:
 
 - **variants**: ``medtex`` (configs/train.yaml as is) and each overlay of ``configs/explainer/`` as
   ``explainer_<name>``, or several stacked in order as ``explainer_<name>+<name>``, each with every seed; the
