@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
+from fire.parser import DefaultParseValue
 from monai.bundle import ConfigParser
 from monai.utils import convert_to_tensor, set_determinism
 from tqdm import tqdm
@@ -274,9 +274,8 @@ def run_config(args: argparse.Namespace, files: Sequence[str]) -> ConfigParser:
         {"bundle_root": str(ROOT), "lesion_masks": True, "dataset_dir": str(local), "image_size": args.image_size}
     )
     parser.update({"teacher_ckpt": str(teacher), "device": "$torch.device('cpu')"})
-    # as the bundle's command line reads a value (a number, true/false, a list), so that scoring builds the networks
-    # the runs trained
-    parser.update({key: yaml.safe_load(value) for key, value in args.override})
+    # parsed by the bundle command line's own parser (fire), so that scoring builds the networks the runs trained
+    parser.update({key: DefaultParseValue(value) for key, value in args.override})
     return parser
 
 

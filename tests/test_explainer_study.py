@@ -188,13 +188,15 @@ def test_overlays_joined_by_plus_stack_in_order_as_config_file_would(tmp_path):
 def test_an_override_reaches_every_training_run_and_the_networks_that_score_them(tmp_path):
     args = explainer_study.parse_args(
         ["--out", str(tmp_path), "--variants", "medtex", "--override", "cache", "disk"]
-        + ["--override", "explainer_scale", "1", "--image-size", "128", "--skip-training"]
+        + ["--override", "explainer_scale", "1", "--override", "ckpt_name", "no"]
+        + ["--image-size", "128", "--skip-training"]
     )
     from scripts import learning_curve
 
     curve = learning_curve.parse_args(explainer_study.curve_argv(args, {"medtex": []}, [0]))
-    assert curve.override == [["cache", "disk"], ["explainer_scale", "1"]]
+    assert curve.override == [["cache", "disk"], ["explainer_scale", "1"], ["ckpt_name", "no"]]
     parser = explainer_study.run_config(args, [])
     # read as the bundle's command line reads it: the number 1, not the text "1" (train.yaml at 128 px: scale 2)
     assert parser.get_parsed_content("explainer_scale") == 1
     assert parser.get_parsed_content("network_def").explainer.scale == 1
+    assert parser["ckpt_name"] == "no"  # the command line keeps it text (a YAML reader would make it False)
