@@ -289,7 +289,7 @@ def write_grid(path: Path, images: torch.Tensor, masks: torch.Tensor, maps: dict
             )
         for column, panel in enumerate(panels):
             axis = axes[row, column]
-            axis.imshow(panel.permute(1, 2, 0).clamp(0, 1).numpy())
+            axis.imshow(torch.as_tensor(panel).permute(1, 2, 0).clamp(0, 1).numpy())
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
@@ -558,8 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if start == 0:
                 grid_maps[name] = maps[: args.n_grid].cpu()
         speed = maps_per_second(method, images[: args.batch_size].to(device), args.repeats)
-        values = {metric: torch.cat(scores[metric]) for metric in METRICS}
-        row = {"method": name, **{metric: nanmean(values[metric]) for metric in METRICS}}
+        per_image = {metric: torch.cat(scores[metric]) for metric in METRICS}
+        row = {"method": name, **{metric: nanmean(per_image[metric]) for metric in METRICS}}
         row.update(maps_per_second=speed, n_images=len(files), n_with_lesion=int((masks.flatten(1).amax(1) > 0).sum()))
         row.update(threads=threads, device=str(device))
         rows.append(row)

@@ -564,10 +564,10 @@ def portable(path: Any) -> str:
 
 def ablation_rows(seed_rows: list[dict[str, Any]], commit: str) -> list[dict[str, Any]]:
     rows = []
-    for method, group in itertools.groupby(
+    for method, grouped in itertools.groupby(
         sorted((r for r in seed_rows if r["seed"] != ""), key=lambda r: r["method"]), key=lambda r: r["method"]
     ):
-        group = list(group)
+        group = list(grouped)
 
         def mean(key: str) -> float:
             values = [float(r[key]) for r in group if not math.isnan(float(r[key]))]

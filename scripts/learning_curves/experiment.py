@@ -570,7 +570,8 @@ class Experiment:
                 str(a.epochs),
             )
             if not ok:
-                return self._failed(method, name, "training", log)
+                self._failed(method, name, "training", log)
+                return None
             run_dir.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps({"seconds": None if resumed else round(seconds, 1)}) + "\n")
             _remove_resume_checkpoints(run_dir)
@@ -588,7 +589,8 @@ class Experiment:
                 "False",
             )
             if not ok:
-                return self._failed(method, name, "evaluation", log)
+                self._failed(method, name, "evaluation", log)
+                return None
         n_unlabeled = self.pool - size + a.n_unlabeled if self.uses_unlabeled(method) else 0
         seconds = json.loads(done.read_text())["seconds"]
         return self.row(method, size, seed, eval_dir / "metrics.csv", n_unlabeled, a.epochs, seconds)
@@ -617,7 +619,8 @@ class Experiment:
                 "False",
             )
             if not ok:
-                return self._failed(TEACHER, "evaluation", "evaluation", log)
+                self._failed(TEACHER, "evaluation", "evaluation", log)
+                return None
         done = self.teacher_ckpt.parent / f"{self.teacher_ckpt.stem}.done.json"
         seconds = json.loads(done.read_text())["seconds"] if done.is_file() else ""
         epochs = self.args.teacher_epochs if self.args.teacher_ckpt is None else ""
@@ -649,7 +652,6 @@ class Experiment:
     def _failed(self, method: str, name: str, stage: str, log: Path) -> None:
         self.failures.append(f"{method} {name}: {stage} failed, see {log}")
         say(f"FAILED: {method} {name} ({stage}), see {log}")
-        return None
 
 
 def run_bundle(workflow: str, config: str, log: Path, overrides: Sequence[str]) -> tuple[bool, float]:
