@@ -17,7 +17,8 @@ configs/train.yaml key for every run and for scoring, e.g. ``cache disk`` so tha
   compare on one scale): pointing game, deletion and insertion AUC, fidelity, IoU, AUPRC; the student's test AUC and
   training time from learning_curve.py's CSV; the leakage check (``bundle.explain.mask_only_score``: the student
   classifying the mask alone, the image removed); the pairwise SSIM and Spearman correlation of each seed's maps with
-  the other seeds' maps (``bundle.explain.map_similarity``).
+  the other seeds' maps (``bundle.explain.map_similarity``); the maps' share of energy at the highest spatial
+  frequency, a checkerboard's (``bundle.explain.grid_energy``).
 - ``--sanity``: the model and data randomisation checks (``scripts/compare_saliency.sanity_rows``): the post-hoc
   methods on a teacher randomised layer by layer from the top and on a teacher trained on shuffled labels, and the
   ``--sanity-variant`` explainer trained (seed 0) against a randomly initialised teacher and against the
@@ -55,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bundle.data.datalist import load_datalist  # noqa: E402
-from bundle.explain import make_saliency, map_similarity, mask_only_score, saliency_scores  # noqa: E402
+from bundle.explain import grid_energy, make_saliency, map_similarity, mask_only_score, saliency_scores  # noqa: E402
 from bundle.files import file_sha256  # noqa: E402
 from bundle.networks.teacher import FrozenTeacher, load_weights  # noqa: E402
 from bundle.provenance import git_commit  # noqa: E402
@@ -80,6 +81,7 @@ SEED_COLUMNS = (
     "mask_only_chance",
     "mask_kept_fraction",
     "peak_spread",
+    "grid_energy",
     "train_seconds",
     "n_images",
     "n_with_lesion",
@@ -102,6 +104,7 @@ ABLATION_COLUMNS = (
     "mask_only_score_mean",
     "mask_kept_fraction_mean",
     "peak_spread_mean",
+    "grid_energy_mean",
     "train_seconds_mean",
     "code_version",
 )
@@ -438,6 +441,7 @@ def report(args: argparse.Namespace, variants: dict[str, list[str]], sanity: dic
                     "mask_only_chance": run["leak"]["chance"],
                     "mask_kept_fraction": run["kept"],
                     "peak_spread": peak_spread(run["maps"]),
+                    "grid_energy": grid_energy(run["maps"]).mean().item(),
                     "train_seconds": float(curve_row["train_seconds"] or "nan"),  # blank: resumed, its time not whole
                     "n_images": images.shape[0],
                     "n_with_lesion": int(with_lesion.sum()),
@@ -453,6 +457,7 @@ def report(args: argparse.Namespace, variants: dict[str, list[str]], sanity: dic
                 "seed": "",
                 **reference["scores"],
                 "peak_spread": peak_spread(reference["maps"]),
+                "grid_energy": grid_energy(reference["maps"]).mean().item(),
                 "n_images": images.shape[0],
                 "n_with_lesion": int(with_lesion.sum()),
                 "code_version": commit,
@@ -592,6 +597,7 @@ def ablation_rows(seed_rows: list[dict[str, Any]], commit: str) -> list[dict[str
                 "mask_only_score_mean": mean("mask_only_score"),
                 "mask_kept_fraction_mean": mean("mask_kept_fraction"),
                 "peak_spread_mean": mean("peak_spread"),
+                "grid_energy_mean": mean("grid_energy"),
                 "train_seconds_mean": mean("train_seconds"),
                 "code_version": commit,
             }
@@ -664,7 +670,8 @@ def write_ablation_markdown(
         " alone (accuracy or macro AUC; chance in the seeds table); mask_kept_fraction: the share of pixels the student"
         " sees (hard and top-k gates) or the mean mask (soft); peak_spread: distinct peak positions over images"
         " (1: every image's map peaks somewhere else; 1/n: the same pixel for all, a map that cannot follow the"
-        " lesion). Goals are checked on every seed.",
+        " lesion); grid_energy: the share of a map's energy at the highest spatial frequency (a checkerboard's; near 0"
+        " for a smooth map). Goals are checked on every seed.",
         "",
     ]
     path.write_text("\n".join(lines))

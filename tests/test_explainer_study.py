@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -80,6 +81,11 @@ def test_seed_rows_hold_the_pointing_game_and_seed_similarity_of_the_networks_ca
         assert float(row["student_auc"]) == pytest.approx(0.5 + 0.1 * seed)
         peaks = {int(m.argmax()) for m in maps[seed]}  # each map's peak pixel, one by one
         assert float(row["peak_spread"]) == pytest.approx(len(peaks) / len(maps[seed]))
+        # numpy's FFT: the energy in the period-2 row and column (counted once where they cross), over all of it
+        power = np.abs(np.fft.fft2((lambda m: m - m.mean((-2, -1), keepdims=True))(maps[seed][:, 0].numpy()))) ** 2
+        half = SIZE // 2
+        grid = power[:, half, :].sum(-1) + power[:, :, half].sum(-1) - power[:, half, half]
+        assert float(row["grid_energy"]) == pytest.approx(float((grid / power.sum((-2, -1))).mean()), abs=1e-4)
         assert row["code_version"]
     similarity = map_similarity(maps[0], maps[1])
     for seed in args.seeds:  # two seeds: each one's similarity to the other is the same pair
@@ -110,6 +116,7 @@ def test_the_worst_seed_is_the_lowest_pointing_game_and_nan_scores_are_left_out_
     base = {"task": "cxr", "image_size": 64, "method": "explainer_deletion", "student_auc": 0.8, "train_seconds": 5.0}
     scores = {"deletion_auc": 0.2, "insertion_auc": 0.4, "fidelity": 0.7, "ssim_to_other_seeds": 0.5}
     scores.update(spearman_to_other_seeds=0.4, mask_only_score=0.5, mask_kept_fraction=0.3, peak_spread=0.9)
+    scores.update(grid_energy=0.1)
     seed_rows = [
         {**base, **scores, "seed": 0, "pointing_game": 0.5},
         {**base, **scores, "seed": 1, "pointing_game": 0.2, "deletion_auc": float("nan"), "student_auc": 0.7},
@@ -117,6 +124,7 @@ def test_the_worst_seed_is_the_lowest_pointing_game_and_nan_scores_are_left_out_
     (row,) = explainer_study.ablation_rows(seed_rows, "abc")
     assert row["pointing_game_worst"] == 0.2 and row["pointing_game_mean"] == pytest.approx(0.35)
     assert row["deletion_auc_mean"] == 0.2  # the NaN seed left out
+    assert row["grid_energy_mean"] == pytest.approx(0.1)
     assert row["student_auc_mean"] == pytest.approx(0.75) and row["student_auc_sd"] == pytest.approx(0.0707, abs=1e-4)
 
 

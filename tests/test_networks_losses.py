@@ -11,6 +11,7 @@ import torch
 from monai.networks.nets import DenseNet121
 from torch import nn
 
+from bundle.explain import grid_energy
 from bundle.losses import KDLoss, MaskPrior, MedTexLoss, VIDLoss
 from bundle.networks import Explainer, FeatureRecorder, FrozenTeacher, MedTex, ResNetStudent, Student
 from bundle.networks.teacher import count_parameters, load_weights, native_bf16
@@ -253,10 +254,8 @@ def nyquist_energy_fraction(explainer: Explainer, size: int = 64) -> float:
     grid_y, grid_x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     blob = torch.exp(-3 * (grid_x**2 + grid_y**2))[None, None].repeat(1, 3, 1, 1)
     with torch.no_grad():
-        logits = torch.logit(explainer.eval()(blob)[0, 0].double(), eps=1e-6)
-    power = torch.fft.fft2(logits - logits.mean()).abs() ** 2
-    half = size // 2
-    return ((power[half, :].sum() + power[:, half].sum()) / power.sum()).item()
+        logits = torch.logit(explainer.eval()(blob).double(), eps=1e-6)
+    return grid_energy(logits).item()
 
 
 @pytest.mark.parametrize("seed", [0, 1])

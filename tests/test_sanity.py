@@ -17,6 +17,7 @@ from torch import nn
 from bundle.datasets.demo import generate_demo_data
 from bundle.explain import (
     cascading_randomization,
+    grid_energy,
     make_saliency,
     map_similarity,
     mask_only_score,
@@ -256,3 +257,27 @@ def test_compare_saliency_main_writes_the_sanity_table_plot_and_report(tmp_path)
     assert (out / "saliency_sanity_fundus.png").stat().st_size > 1000
     html = (out / "report.html").read_text()  # the report embeds the plot beside the saliency grid
     assert "saliency_sanity_fundus" in html and html.count("data:image/png;base64,") >= 2
+
+
+def test_grid_energy_is_the_share_of_energy_at_the_highest_frequency_worked_out_by_hand():
+    """A checkerboard on a constant holds all its energy at period 2 (1); added to a cosine of the lowest frequency
+    with sqrt(2) times its amplitude, half (a^2 / (a^2 + b^2 / 2) = 1 / 2); a smooth blob almost none; a constant map 0;
+    odd sizes use their highest frequency's pair of bins, as numpy's FFT of the same maps says."""
+    size = 32
+    rows, columns = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    checkerboard = ((-1.0) ** (rows + columns))[None, None]
+    lowest = torch.cos(2 * math.pi * columns / size)[None, None]
+    blob = torch.exp(-((rows - 16.0) ** 2 + (columns - 16.0) ** 2) / 50.0)[None, None]
+    maps = torch.cat([checkerboard + 3, checkerboard + math.sqrt(2) * lowest, blob, torch.ones(1, 1, size, size)])
+    energy = grid_energy(maps)
+    assert energy.shape == (4,)
+    torch.testing.assert_close(energy[:2], torch.tensor([1.0, 0.5]))
+    assert energy[2] < 1e-3 and energy[3] == 0
+    odd = torch.rand(2, 1, 31, 33, generator=torch.Generator().manual_seed(0))
+    for image, value in zip(odd[:, 0].numpy(), grid_energy(odd)):
+        power = np.abs(np.fft.fft2(image - image.mean())) ** 2
+        high_rows, high_columns = [15, 16], [16, 17]  # +-(n - 1) / 2n: bins (n - 1) / 2 and (n + 1) / 2
+        grid = power[high_rows].sum() + power[:, high_columns].sum() - power[np.ix_(high_rows, high_columns)].sum()
+        assert float(value) == pytest.approx(grid / power.sum(), rel=1e-5)
+    with pytest.raises(ValueError, match="must be"):
+        grid_energy(torch.rand(4, 32, 32))

@@ -11,7 +11,13 @@ from bundle.explain.faithfulness import (
 )
 from bundle.explain.localization import PointingGame, PointingGameMetric, pointing_game
 from bundle.explain.saliency import SALIENCY_METHODS, SaliencyMethod, make_saliency, normalize_maps
-from bundle.explain.sanity import cascading_randomization, map_similarity, mask_only_score, randomization_steps
+from bundle.explain.sanity import (
+    cascading_randomization,
+    grid_energy,
+    map_similarity,
+    mask_only_score,
+    randomization_steps,
+)
 
 __all__ = [
     "PointingGame",
@@ -23,6 +29,7 @@ __all__ = [
     "causal_curves",
     "deletion_auc",
     "fidelity",
+    "grid_energy",
     "insertion_auc",
     "iou",
     "make_saliency",

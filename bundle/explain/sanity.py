@@ -75,6 +75,28 @@ def map_similarity(maps_a: torch.Tensor, maps_b: torch.Tensor) -> dict[str, torc
     return {"ssim": _ssim(maps_a, maps_b), "spearman": _spearman(maps_a, maps_b)}
 
 
+def grid_energy(maps: torch.Tensor) -> torch.Tensor:
+    """Share of each map's energy at the highest spatial frequency, per image ``(B,)`` of maps ``(B, 1, H, W)``.
+
+    The energy (squared magnitude of the 2-D Fourier transform, the map's mean removed) in the row and the column of
+    the highest frequency (period 2 px for an even size): 1 for a checkerboard or one-pixel stripes, near 0 for a
+    smooth map; 0 for a constant map. A mask that alternates between neighbouring pixels tells a reader nothing the
+    smooth part does not, and up-sampling by transposed convolutions or ``pixel_shuffle`` can print such a grid.
+    """
+    if maps.ndim != 4 or maps.shape[1] != 1:
+        raise ValueError(f"maps must be (B, 1, H, W), got {tuple(maps.shape)}")
+    values = maps.detach().double()[:, 0]
+    power = torch.fft.fft2(values - values.mean((-2, -1), keepdim=True)).abs().square()
+    height, width = values.shape[-2:]
+    # the highest frequency's bins: one for an even size (period 2), the pair +-(n-1)/2n for an odd one
+    rows = torch.fft.fftfreq(height).abs()
+    columns = torch.fft.fftfreq(width).abs()
+    highest = (rows == rows.max())[:, None] | (columns == columns.max())[None, :]
+    total = power.sum((-2, -1))
+    grid = (power * highest).sum((-2, -1))
+    return torch.where(total > 0, grid / total.clamp(min=1e-300), torch.zeros_like(total)).float()
+
+
 def _has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
