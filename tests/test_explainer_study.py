@@ -82,7 +82,8 @@ def test_seed_rows_hold_the_pointing_game_and_seed_similarity_of_the_networks_ca
         peaks = {int(m.argmax()) for m in maps[seed]}  # each map's peak pixel, one by one
         assert float(row["peak_spread"]) == pytest.approx(len(peaks) / len(maps[seed]))
         # numpy's FFT: the energy in the period-2 row and column (counted once where they cross), over all of it
-        power = np.abs(np.fft.fft2((lambda m: m - m.mean((-2, -1), keepdims=True))(maps[seed][:, 0].numpy()))) ** 2
+        explainer_maps = maps[seed][:, 0].numpy()
+        power = np.abs(np.fft.fft2(explainer_maps - explainer_maps.mean((-2, -1), keepdims=True))) ** 2
         half = SIZE // 2
         grid = power[:, half, :].sum(-1) + power[:, :, half].sum(-1) - power[:, half, half]
         assert float(row["grid_energy"]) == pytest.approx(float((grid / power.sum((-2, -1))).mean()), abs=1e-4)
